@@ -1,0 +1,45 @@
+"""ONNX Runtime flavour checks: which package is installed and which execution providers it offers."""
+
+from __future__ import annotations
+
+from ttcompile.errors import UserError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def require_onnxruntime():
+    """Return the onnxruntime module, or fail with a message naming the extras to install."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError(
+            "onnxruntime is not installed: install ttcompile with a runtime flavour, "
+            "e.g. pip install 'ttcompile[cpu]' (or [gpu], or [ort-training])"
+        ) from exc
+    return onnxruntime
+
+
+def provider_name(provider: str) -> str:
+    """Map 'cpu'/'cuda' to the ORT provider name; refuse providers that are not installed."""
+    ort = require_onnxruntime()
+    key = provider.lower()
+    if key not in PROVIDERS:
+        raise UserError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    name = PROVIDERS[key]
+    if name not in ort.get_available_providers():
+        raise UserError(
+            f"provider {provider!r} ({name}) is not available in this onnxruntime build "
+            f"(available: {', '.join(ort.get_available_providers())}); for CUDA install 'ttcompile[gpu]'"
+        )
+    return name
+
+
+def make_session(model, provider: str = "cpu", threads: int | None = None):
+    """Create an InferenceSession for a path or serialized bytes on one provider."""
+    ort = require_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model, sess_options=opts, providers=[provider_name(provider)])
