@@ -13,6 +13,7 @@ from ttcompile.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ttcompile.cmd_inspect", "list compressible layers with params and MACs"),
     "compress": ("ttcompile.cmd_compress", "rewrite layers into tensor-decomposed chains"),
+    "bench": ("ttcompile.cmd_bench", "compare models on ONNX Runtime: latency, params, MACs, accuracy"),
 }
 
 

@@ -1,0 +1,63 @@
+"""``ttcompile bench``: compare models on ONNX Runtime (latency, cost, accuracy vs the first model)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "models", nargs="+", metavar="MODEL", help=".onnx files; the first one is the reference"
+    )
+    parser.add_argument(
+        "--data",
+        metavar="D",
+        help="path.npz | mnist[:split] | digits[:split]; accuracy needs labels. Batches larger than the "
+        "data set wrap around to its start. Default: seeded random inputs, no accuracy",
+    )
+    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch", default="1,32,256", type=_batches, help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (0 = ORT default)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved rounds per model (median reported)"
+    )
+    parser.add_argument(
+        "--min-time", type=float, default=0.25, help="seconds of timed runs per batch size and round"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ttcompile.bench import benchmark
+    from ttcompile.report import format_table, write_json
+
+    data = None
+    if args.data:
+        from ttcompile.models.data import load_dataset
+
+        data = load_dataset(args.data)
+    report = benchmark(
+        args.models,
+        data,
+        provider=args.provider,
+        batches=args.batch,
+        threads=args.threads,
+        rounds=args.repeats,
+        min_time=args.min_time,
+        seed=args.seed,
+    )
+    print(format_table(report))
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values

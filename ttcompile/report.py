@@ -1,0 +1,97 @@
+"""Render a BenchReport: aligned terminal tables and an atomically written JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ttcompile.bench import BenchReport
+from ttcompile.graph import write_bytes_atomic
+
+
+def format_table(report: BenchReport) -> str:
+    """Two aligned tables: per-model cost and quality, then latency per model and batch size.
+
+    Ratios compare with the first model: first / this, so higher is better.
+    """
+    models = [
+        [
+            m.name,
+            _count(m.params),
+            _count(m.macs_per_sample),
+            _bytes(m.file_bytes),
+            _pct(m.accuracy),
+            _pct(m.agreement),
+            _x(report.params_reduction(i)),
+            _x(report.macs_reduction(i)),
+        ]
+        for i, m in enumerate(report.models)
+    ]
+    timings = [
+        [
+            report.models[t.model].name,
+            str(t.batch),
+            f"{t.median_ms:.4g}",
+            f"{t.p90_ms:.4g}",
+            f"{t.throughput:,.0f}",
+            _x(report.speedup(t.model, t.batch)),
+        ]
+        for t in sorted(report.timings, key=lambda t: (t.batch, t.model))
+    ]
+    data = f"data {report.data} ({report.samples} samples)" if report.data else "random inputs"
+    header = (
+        f"{report.provider}, {report.threads} thread(s), {data}; "
+        f"median of {report.rounds} interleaved rounds; ratios = first model / this model"
+    )
+    lines = [
+        header,
+        "",
+        *_align(
+            ["model", "params", "MACs/sample", "size", "accuracy", "agree", "params x", "MACs x"], models
+        ),
+        "",
+        *_align(["model", "batch", "median ms", "p90 ms", "samples/s", "speedup"], timings),
+    ]
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def write_json(report: BenchReport, path: str | os.PathLike) -> None:
+    """Write ``report.to_dict()`` as JSON; the file is replaced atomically (never left half-written)."""
+    write_bytes_atomic(path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+
+
+def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """First column left-aligned, the others right-aligned, two spaces between columns."""
+    widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers))]
+    return [
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [headers, *rows]
+    ]
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _bytes(n: int) -> str:
+    for div, unit in ((2**20, "MiB"), (2**10, "KiB")):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n} B"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _x(v: float | None) -> str:
+    return "?" if v is None else f"{v:.3g}x"
