@@ -1,0 +1,4 @@
+"""Rewrite passes, one decomposition format per module; importing this registers them all."""
+
+from ttcompile.passes import tt  # noqa: F401
+from ttcompile.passes.base import FORMATS, Format, get_format  # noqa: F401

@@ -1,0 +1,104 @@
+"""Loading, validating and saving ONNX models (onnx-ir in memory, onnx for checks)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
+
+from ttcompile.errors import UserError
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Read, check and normalise an ONNX model.
+
+    Constants are lifted to initializers (so weights are always initializers) and
+    every node and value gets a unique name. External data next to the file is loaded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file")
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: missing external data file ({exc.filename or exc})") from exc
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not proto.graph.node:
+        raise UserError(f"{path}: not an ONNX model (empty graph)")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{path}: invalid ONNX model: {first}") from exc
+    model = ir.from_proto(proto)
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    NameFixPass()(model)
+    return model
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialise to a ModelProto whose IR version the installed runtime accepts."""
+    proto = ir.to_proto(model)
+    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
+    return proto
+
+
+def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file in the same folder, then rename); never leaves a partial file."""
+    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+    return write_bytes_atomic(path, proto.SerializeToString())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@functools.cache
+def max_runtime_ir_version() -> int:
+    """Highest IR version the installed onnxruntime loads (probed once), or onnx's own if none."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return onnx.IR_VERSION
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    for version in range(onnx.IR_VERSION, 3, -1):
+        probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        probe.ir_version = version
+        try:
+            ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            return version
+        except Exception:
+            continue
+    return onnx.IR_VERSION
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The numpy array of an initializer value, or None when it is not a constant."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def opset_version(model: ir.Model) -> int:
+    return int(model.opset_imports.get("", model.graph.opset_imports.get("", 17)))

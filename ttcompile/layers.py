@@ -1,0 +1,208 @@
+"""Discovery of compressible layers: Gemm, MatMul with a constant weight, Conv 1-D/2-D.
+
+Every layer is described in a canonical form that the rewrite passes share:
+
+* fully connected (``gemm``/``matmul``): weight ``W`` of shape ``(out, in)`` with
+  ``y = x @ W.T + b`` (Gemm's ``alpha`` is folded into ``W``, ``beta`` into ``b``);
+* convolution (``conv``): kernel ``(O, C, *k)`` exactly as ONNX stores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from math import prod
+
+import numpy as np
+import onnx_ir as ir
+
+from ttcompile.graph import const_array, to_proto
+from ttcompile.shapes import static_shapes
+
+FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE}
+
+
+@dataclass
+class Layer:
+    """One candidate node. ``macs`` are per sample (batch 1) at the model's input shape."""
+
+    name: str
+    kind: str  # "gemm" | "matmul" | "conv"
+    op_type: str
+    weight: str
+    weight_shape: tuple[int, ...]  # as stored in the model
+    out_features: int  # O (N for Gemm/MatMul)
+    in_features: int  # C (K for Gemm/MatMul)
+    kernel: tuple[int, ...] = ()  # conv spatial kernel, () for fully connected
+    rows: int = 1  # fully connected: rows per sample (leading dims of a MatMul input)
+    in_spatial: tuple[int, ...] | None = None  # conv input spatial dims
+    out_spatial: tuple[int, ...] | None = None  # conv output spatial dims
+    has_bias: bool = False
+    params: int = 0
+    macs: int | None = None
+    attrs: dict = field(default_factory=dict)
+    skip: str | None = None  # why the layer cannot be compressed
+
+    @property
+    def compressible(self) -> bool:
+        return self.skip is None
+
+    @property
+    def dense_shape(self) -> tuple[int, ...]:
+        """Canonical weight shape: ``(out, in)`` or ``(O, C, *k)``."""
+        return (self.out_features, self.in_features, *self.kernel)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Layer:
+        data = dict(data)
+        for key in ("weight_shape", "kernel", "in_spatial", "out_spatial"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def _attr(node: ir.Node, name: str, default):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _weight_problem(value: ir.Value) -> str | None:
+    if value.const_value is None:
+        return "weight is not a constant initializer"
+    if value.is_graph_input():
+        return "weight is also a graph input (it may be overridden at run time)"
+    if value.dtype not in FLOAT_TYPES:
+        return f"weight dtype {value.dtype.name} is not floating point"
+    users = {use.node.name for use in value.uses()}
+    if len(users) > 1:
+        return f"weight {value.name} is shared by {len(users)} nodes ({', '.join(sorted(users))})"
+    return None
+
+
+def _gemm(node: ir.Node, shapes: dict) -> Layer:
+    a, b = node.inputs[0], node.inputs[1]
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    trans_a, trans_b = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
+    alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+    attrs = {"transA": trans_a, "transB": trans_b, "alpha": alpha, "beta": beta}
+    layer = Layer(node.name, "gemm", "Gemm", b.name, tuple(b.shape or ()), 0, 0, attrs=attrs)
+    if b.const_value is None:
+        layer.skip = "weight is input A, not B" if a.const_value is not None else "no constant weight"
+        return layer
+    k, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    layer.out_features, layer.in_features = int(n), int(k)
+    layer.has_bias = c is not None
+    layer.attrs["bias_vector"] = c is None or _is_bias_vector(c, int(n))
+    if c is not None and not layer.attrs["bias_vector"] and c.const_value is not None:
+        layer.attrs["c_size"] = int(prod(c.shape))  # re-added as a constant after the chain
+    layer.params = int(k * n) + (int(prod(c.shape)) if c is not None and c.const_value is not None else 0)
+    layer.macs = int(k * n)
+    layer.skip = _weight_problem(b)
+    return layer
+
+
+def _is_bias_vector(c: ir.Value, n: int) -> bool:
+    """True when Gemm's C is a constant broadcastable along the output features only."""
+    if c.const_value is None or c.shape is None:
+        return False
+    dims = [int(d) for d in c.shape]
+    return prod(dims) in (1, n) and (not dims or dims[-1] in (1, n)) and all(d == 1 for d in dims[:-1])
+
+
+def _matmul(node: ir.Node, shapes: dict) -> Layer:
+    a, b = node.inputs[0], node.inputs[1]
+    layer = Layer(node.name, "matmul", "MatMul", b.name, tuple(b.shape or ()), 0, 0)
+    if b.const_value is None:
+        layer.skip = "weight is the first input" if a.const_value is not None else "no constant weight"
+        return layer
+    if len(b.shape) != 2:
+        layer.skip = f"weight has rank {len(b.shape)}, only 2-D weights are rewritten"
+        return layer
+    k, n = int(b.shape[0]), int(b.shape[1])
+    layer.out_features, layer.in_features = n, k
+    a_shape = shapes.get(a.name)
+    layer.attrs["input_rank"] = len(a_shape) if a_shape is not None else None
+    layer.rows = int(prod(a_shape[1:-1])) if a_shape is not None and len(a_shape) >= 3 else 1
+    layer.params = k * n
+    layer.macs = layer.rows * k * n
+    layer.skip = _weight_problem(b)
+    return layer
+
+
+def _conv(node: ir.Node, shapes: dict) -> Layer:
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    w_shape = tuple(int(d) for d in (w.shape or ()))
+    nd = len(w_shape) - 2
+    attrs = {
+        "strides": list(_attr(node, "strides", [1] * nd)),
+        "pads": list(_attr(node, "pads", [0] * 2 * nd)),
+        "dilations": list(_attr(node, "dilations", [1] * nd)),
+        "auto_pad": str(_attr(node, "auto_pad", "NOTSET")),
+        "group": int(_attr(node, "group", 1)),
+    }
+    layer = Layer(node.name, "conv", "Conv", w.name, w_shape, 0, 0, attrs=attrs)
+    if w.const_value is None:
+        layer.skip = "no constant weight"
+        return layer
+    o, c_per_group = w_shape[0], w_shape[1]
+    layer.out_features, layer.in_features, layer.kernel = o, c_per_group * attrs["group"], w_shape[2:]
+    layer.has_bias = bias is not None
+    layer.params = int(prod(w_shape)) + (o if bias is not None else 0)
+    x_shape, y_shape = shapes.get(x.name), shapes.get(node.outputs[0].name)
+    if x_shape is not None and y_shape is not None:
+        layer.in_spatial, layer.out_spatial = tuple(x_shape[2:]), tuple(y_shape[2:])
+        layer.macs = int(prod(y_shape[1:]) * c_per_group * prod(w_shape[2:]))
+    if attrs["group"] != 1:
+        layer.skip = "depthwise conv" if c_per_group == 1 else f"grouped conv (group={attrs['group']})"
+    elif nd not in (1, 2):
+        layer.skip = f"{nd}-D conv; only 1-D and 2-D are rewritten"
+    else:
+        layer.skip = _weight_problem(w)
+    return layer
+
+
+_FINDERS = {"Gemm": _gemm, "MatMul": _matmul, "Conv": _conv}
+
+
+def find_layers(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[Layer]:
+    """All Gemm/MatMul/Conv nodes in graph order, with ``skip`` set on those we cannot rewrite."""
+    try:
+        shapes = static_shapes(to_proto(model), batch=1, input_shapes=input_shapes)
+    except Exception:
+        shapes = {}
+    layers = []
+    for node in model.graph:
+        if node.domain in ("", "ai.onnx") and node.op_type in _FINDERS:
+            layers.append(_FINDERS[node.op_type](node, shapes))
+    return layers
+
+
+def dense_weight(model: ir.Model, layer: Layer) -> tuple[np.ndarray, np.ndarray | None]:
+    """Canonical weight and bias vector of ``layer`` (float64).
+
+    Gemm: ``W = alpha * op(B)^T`` as ``(out, in)``; bias ``beta * C`` when C is a vector
+    (a non-vector C is re-added by the rewrite, see ``passes.base.finish_fc``).
+    """
+    node = find_node(model, layer.name)
+    w = const_array(node.inputs[1]).astype(np.float64)
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = const_array(bias_value)
+    if layer.kind == "gemm":
+        w = (w if layer.attrs["transB"] else w.T) * layer.attrs["alpha"]
+        if bias is not None and layer.attrs["bias_vector"]:
+            bias = np.broadcast_to(bias.reshape(-1), (layer.out_features,)) * layer.attrs["beta"]
+        else:
+            bias = None
+    elif layer.kind == "matmul":
+        w = w.T
+    return w, None if bias is None else np.asarray(bias, dtype=np.float64)
+
+
+def find_node(model: ir.Model, name: str) -> ir.Node:
+    for node in model.graph:
+        if node.name == name:
+            return node
+    raise KeyError(f"node {name!r} not found in the graph")

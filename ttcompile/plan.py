@@ -1,0 +1,170 @@
+"""The Plan: per layer, the format, modes, ranks, realization and cost; saved as readable JSON.
+
+The Plan is the contract between analysis (rank selection) and rewriting: ``compress --plan``
+applies a saved plan exactly, and a person may edit its ``modes``/``ranks`` by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ttcompile.errors import UserError
+from ttcompile.graph import write_bytes_atomic
+from ttcompile.layers import Layer
+from ttcompile.passes.base import Format, get_format
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class LayerPlan:
+    """What happens to one layer. ``action``: compress | dense (kept, would not pay) | skip (cannot)."""
+
+    layer: Layer
+    action: str
+    format: str | None = None
+    modes: dict | None = None
+    ranks: list[int] | None = None
+    options: dict | None = None
+    params: int | None = None  # after rewriting (cost model)
+    macs: int | None = None  # per sample after rewriting (cost model)
+    reason: str | None = None
+    score: float | None = None  # layer importance from the allocator, when there is one
+    error: float | None = None  # relative reconstruction error, filled in by compress
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["layer"] = self.layer.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> LayerPlan:
+        return cls(**{**d, "layer": Layer.from_json(d["layer"])})
+
+
+@dataclass
+class Plan:
+    model: str
+    model_sha256: str
+    settings: dict
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "version": PLAN_VERSION,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "settings": self.settings,
+            "totals": self.totals(),
+            "layers": [lp.to_json() for lp in self.layers],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_bytes_atomic(path, (json.dumps(self.to_json(), indent=1) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.get("version") != PLAN_VERSION:
+                raise ValueError(f"plan version {data.get('version')!r}, expected {PLAN_VERSION}")
+            return cls(data["model"], data["model_sha256"], data["settings"],
+                       [LayerPlan.from_json(d) for d in data["layers"]])
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such plan file") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: not a valid ttcompile plan ({exc})") from exc
+
+    def totals(self) -> dict:
+        """Compressible-layer params/MACs before and after (dense and skipped layers count as is)."""
+        before_p = sum(lp.layer.params for lp in self.layers)
+        after_p = sum(lp.params if lp.action == "compress" else lp.layer.params for lp in self.layers)
+        known = all(lp.layer.macs is not None for lp in self.layers)
+        before_m = sum(lp.layer.macs or 0 for lp in self.layers) if known else None
+        after_m = (
+            sum((lp.macs if lp.action == "compress" else lp.layer.macs) or 0 for lp in self.layers) if known else None
+        )
+        return {"params_before": before_p, "params_after": after_p, "macs_before": before_m, "macs_after": after_m,
+                "compressed_layers": sum(lp.action == "compress" for lp in self.layers)}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ranks_for_ratio(fmt: Format, layer: Layer, modes: dict, ratio: float) -> list[int]:
+    """Largest uniform rank whose realized params stay within ``ratio`` of the dense layer (rank 1 at least)."""
+    best = fmt.uniform_ranks(layer, modes, 1)
+    for r in range(2, max(fmt.max_ranks(layer, modes)) + 1):
+        ranks = fmt.uniform_ranks(layer, modes, r)
+        if fmt.cost(layer, modes, ranks).params <= ratio * layer.params:
+            best = ranks
+    return best
+
+
+def layer_plan(
+    layer: Layer, fmt: Format, ranks: list[int], modes: dict, *, force: bool = False, allow_more_macs: bool = False
+) -> LayerPlan:
+    """Cost a rank choice and decide compress vs dense (a rewrite must save params and not add MACs)."""
+    options = fmt.realize(layer, modes, ranks)
+    cost = fmt.cost(layer, modes, ranks, options)
+    lp = LayerPlan(layer, "compress", fmt.name, modes, list(ranks), options, cost.params, cost.macs)
+    if force:
+        return lp
+    if cost.params >= layer.params:
+        lp.action, lp.reason = "dense", f"{fmt.name} form would not save parameters ({cost.params} >= {layer.params})"
+    elif layer.macs is not None and cost.macs > layer.macs and not allow_more_macs:
+        lp.action, lp.reason = "dense", f"{fmt.name} form needs more MACs than dense ({cost.macs} > {layer.macs})"
+    return lp
+
+
+def make_plan(
+    layers: list[Layer],
+    format_name: str,
+    *,
+    model_path: str | Path,
+    rank: int | None = None,
+    ratio: float | None = None,
+    force: bool = False,
+    allow_more_macs: bool = False,
+    modes: dict[str, dict] | None = None,
+) -> Plan:
+    """Uniform-rank or per-layer-ratio plan for every layer (the LWIQ allocator has its own entry)."""
+    if rank is None and ratio is None:
+        raise UserError("give a rank (--rank) or a parameter ratio (--ratio)")
+    if ratio is not None and not 0 < ratio <= 1:
+        raise UserError(f"--ratio {ratio} is outside (0, 1]")
+    if rank is not None and rank < 1:
+        raise UserError(f"--rank {rank} must be at least 1")
+    try:
+        fmt = get_format(format_name)
+    except KeyError:
+        raise UserError(f"unknown format {format_name!r}") from None
+    settings = {"format": format_name, "rank": rank, "ratio": ratio, "force": force, "allow_more_macs": allow_more_macs}
+    plan = Plan(str(model_path), file_sha256(model_path), settings)
+    for layer in layers:
+        reason = layer.skip or fmt.supports(layer)
+        if reason:
+            plan.layers.append(LayerPlan(layer, "skip", reason=reason))
+            continue
+        layer_modes = (modes or {}).get(layer.name) or fmt.default_modes(layer)
+        try:
+            if rank:
+                ranks = fmt.uniform_ranks(layer, layer_modes, rank)
+            else:
+                ranks = ranks_for_ratio(fmt, layer, layer_modes, ratio)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        plan.layers.append(layer_plan(layer, fmt, ranks, layer_modes, force=force, allow_more_macs=allow_more_macs))
+    return plan

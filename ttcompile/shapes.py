@@ -1,0 +1,86 @@
+"""Static tensor shapes of an ONNX model at a fixed batch size (ONNX shape inference)."""
+
+from __future__ import annotations
+
+import onnx
+
+from ttcompile.errors import UserError
+
+
+def fix_input_dims(
+    model: onnx.ModelProto, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> onnx.ModelProto:
+    """Copy of ``model`` whose graph inputs have concrete dims.
+
+    The first dynamic dim of each input is the batch and becomes ``batch`` (a dim with the
+    same symbol elsewhere too); any other dynamic dim must be given in ``input_shapes``
+    (name -> full shape), else a UserError names the input.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    init_names = {t.name for t in model.graph.initializer}
+    input_shapes = dict(input_shapes or {})
+    for inp in model.graph.input:
+        if inp.name in init_names or not inp.type.HasField("tensor_type"):
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        given = input_shapes.pop(inp.name, None)
+        if given is not None:
+            if len(given) != len(dims):
+                raise UserError(f"input shape for {inp.name!r} has rank {len(given)}, model expects {len(dims)}")
+            for d, v in zip(dims, given):
+                d.Clear()
+                d.dim_value = int(v)
+            continue
+        batch_symbols: set[str] = set()
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            if not batch_symbols or d.dim_param in batch_symbols:
+                batch_symbols.add(d.dim_param)
+                d.Clear()
+                d.dim_value = batch
+            else:
+                raise UserError(
+                    f"input {inp.name!r} has a dynamic dim {i} ({d.dim_param or '?'}): "
+                    "give its shape with --input-shape NAME=DxDxD"
+                )
+    if input_shapes:
+        raise UserError(f"--input-shape names unknown inputs: {', '.join(sorted(input_shapes))}")
+    return model
+
+
+def static_shapes(
+    model: onnx.ModelProto, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Value name -> concrete shape for every value whose shape inference fully resolves."""
+    fixed = fix_input_dims(model, batch, input_shapes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several exception types here
+        raise UserError(f"shape inference failed: {exc}") from exc
+    g = inferred.graph
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = tt.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+    for t in g.initializer:
+        shapes[t.name] = tuple(t.dims)
+    return shapes
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``["x=1x3x32x32", ...]`` into ``{"x": (1, 3, 32, 32)}``."""
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = tuple(int(v) for v in dims.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--input-shape {spec!r}: expected NAME=DxDx...D, e.g. input=1x3x32x32") from None
+    return out

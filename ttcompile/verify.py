@@ -1,0 +1,63 @@
+"""Check a rewritten model: full onnx.checker pass, ONNX Runtime session, outputs against the original."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ttcompile.errors import UserError
+from ttcompile.runtime import make_session
+from ttcompile.shapes import fix_input_dims
+
+_NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+             onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+
+
+def check_model(proto: onnx.ModelProto) -> None:
+    """Full checker (incl. strict shape inference); raises UserError with the first message line."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise UserError(f"rewritten model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in inits]
+
+
+def random_inputs(
+    proto: onnx.ModelProto, batch: int = 4, seed: int = 0, input_shapes: dict | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded standard-normal inputs of each graph input's shape (dynamic batch -> ``batch``)."""
+    fixed = fix_input_dims(proto, batch, input_shapes)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in graph_inputs(fixed):
+        tt = inp.type.tensor_type
+        shape = [d.dim_value for d in tt.shape.dim]
+        dtype = _NP_TYPES.get(tt.elem_type)
+        if dtype is None:
+            raise UserError(f"input {inp.name!r} has an element type random inputs cannot fill; pass --data")
+        feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], provider: str = "cpu") -> dict[str, np.ndarray]:
+    """Run one session (created and released here, so sessions never overlap)."""
+    sess = make_session(proto.SerializeToString(), provider)
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(names, feeds)))
+    del sess
+    return out
+
+
+def relative_errors(
+    original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """||y - y_ref|| / ||y_ref|| per graph output."""
+    ref, got = run(original, feeds), run(compressed, feeds)
+    return {
+        name: float(np.linalg.norm(got[name].astype(np.float64) - y) / max(np.linalg.norm(y), 1e-30))
+        for name, y in ((n, v.astype(np.float64)) for n, v in ref.items())
+    }
