@@ -31,6 +31,9 @@ from math import prod
 
 import numpy as np
 import onnx_ir as ir
+
+from ttcompile.factorize import default_order, factorize
+from ttcompile.layers import Layer
 from ttcompile.passes.base import (
     ChainBuilder,
     Cost,
@@ -40,9 +43,6 @@ from ttcompile.passes.base import (
     spatial,
     spatial_conv_attrs,
 )
-
-from ttcompile.factorize import default_order, factorize
-from ttcompile.layers import Layer
 
 # A merged realization may store at most this many times the parameters of the plain chain.
 MERGE_PARAM_SLACK = 1.5
@@ -114,8 +114,8 @@ def _fc_chain_shapes(modes: dict, ranks: list[int], split: int | None) -> list[t
 
 
 def _fc_chain_macs(shapes: list[tuple[int, int, int, int]], direction: str) -> int:
-    if direction == "rl":  # mirror: swap roles of (M, N) and reverse the chain
-        shapes = [(r2, n, m, r) for (r, m, n, r2) in reversed(shapes)]
+    if direction == "rl":  # step k sees the in-modes before it and the out-modes after it
+        shapes = [(r, n, m, r2) for (r, m, n, r2) in shapes]
     ms, ns = [s[1] for s in shapes], [s[2] for s in shapes]
     return sum(prod(ms[:k]) * r * m * n * r2 * prod(ns[k + 1 :]) for k, (r, m, n, r2) in enumerate(shapes))
 
