@@ -1,0 +1,55 @@
+"""Shared helpers for the trainer tests: build small ONNX graphs and run them in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make_model(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], outputs: dict[str, int] | list[str],
+               inits: dict[str, np.ndarray] | None = None, opset: int = 18) -> onnx.ModelProto:
+    """A model with graph inputs typed from example arrays; ``outputs`` maps names to element types
+    (a list means all float); output shapes come from ONNX shape inference where it finds them."""
+    if isinstance(outputs, list):
+        outputs = dict.fromkeys(outputs, TensorProto.FLOAT)
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for k, v in inputs.items()],
+        [helper.make_tensor_value_info(k, t, None) for k, t in outputs.items()],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    inferred = onnx.shape_inference.infer_shapes(model).graph.output
+    for out, typed in zip(model.graph.output, inferred, strict=True):
+        out.CopyFrom(typed)
+    return model
+
+
+def run_ort(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)
+
+
+def mlp(rng: np.random.Generator, sizes: tuple[int, ...] = (8, 16, 3)) -> onnx.ModelProto:
+    """Gemm-ReLU MLP with a dynamic batch: input ``x`` (N, sizes[0]), output ``logits`` (N, sizes[-1])."""
+    nodes, inits, prev = [], {}, "x"
+    layers = len(sizes) - 1
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        inits[f"fc{i}.weight"] = rng.normal(0, 1 / np.sqrt(a), (b, a)).astype(np.float32)
+        inits[f"fc{i}.bias"] = rng.normal(0, 0.1, b).astype(np.float32)
+        y = "logits" if i == layers - 1 else f"z{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"fc{i}.weight", f"fc{i}.bias"], [y], name=f"fc{i}",
+                                      transB=1))
+        if i < layers - 1:
+            prev = f"h{i}"
+            nodes.append(helper.make_node("Relu", [y], [prev], name=f"relu{i}"))
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", sizes[-1]])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
