@@ -1,0 +1,76 @@
+"""``ttcompile compress MODEL -o OUT``: plan, rewrite, check and compare; writes OUT and OUT's plan."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import onnx
+
+from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
+from ttcompile.compress import apply_plan
+from ttcompile.errors import UserError
+from ttcompile.graph import load_model, save_model, to_proto
+from ttcompile.plan import Plan
+from ttcompile.shapes import parse_input_shapes
+from ttcompile.verify import check_model, graph_inputs, random_inputs, relative_errors
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_plan_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="compressed model to write (its plan goes beside it)")
+    p.add_argument("--plan", help="apply this saved plan exactly instead of planning")
+    p.add_argument("--data", help="inputs for the output comparison: .npz with x, mnist[:split] or digits")
+    p.add_argument("--samples", type=int, default=64, help="how many inputs to compare on (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def plan_path(output: str | Path) -> Path:
+    """``out.onnx`` -> ``out.plan.json``."""
+    return Path(output).with_suffix(".plan.json")
+
+
+def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
+    if not args.data:
+        return random_inputs(original, batch=min(args.samples, 8), input_shapes=parse_input_shapes(args.input_shape))
+    from ttcompile.models.data import load_dataset
+
+    inputs = graph_inputs(original)
+    if len(inputs) != 1:
+        raise UserError(f"--data feeds one input, the model has {len(inputs)}")
+    return {inputs[0].name: load_dataset(args.data).x[: args.samples]}
+
+
+def compress_model(args: argparse.Namespace):
+    """Plan (or load a plan), rewrite, save atomically; returns (plan, rewrite results, saved proto)."""
+    src, out = Path(args.model), Path(args.output)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise UserError(f"{out}: refusing to overwrite the input model; choose another -o")
+    if args.plan:
+        model, plan = load_model(src), Plan.load(args.plan)
+    else:
+        model, plan = build_plan(args)
+    if not any(lp.action == "compress" for lp in plan.layers):
+        reasons = "; ".join(f"{lp.name}: {lp.reason}" for lp in plan.layers)
+        raise UserError(f"{src}: no layer would be compressed ({reasons})")
+    results = apply_plan(model, plan, progress=not args.quiet)
+    proto = to_proto(model)
+    check_model(proto)
+    save_model(proto, out)
+    plan.save(plan_path(out))
+    return plan, results, proto
+
+
+def run(args: argparse.Namespace) -> int:
+    plan, results, proto = compress_model(args)
+    original = onnx.load(args.model)
+    print(plan_table(plan))
+    for r in results:
+        if not r.rewritten:
+            print(f"skipped {r.name}: {r.reason}")
+    errors = relative_errors(original, proto, _comparison_inputs(args, original))
+    source = args.data or "random inputs"
+    for name, err in errors.items():
+        print(f"output {name}: relative error {err:.3e} vs original on {source}")
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")
+    return 0

@@ -1,0 +1,24 @@
+"""``ttcompile inspect MODEL``: every Gemm/MatMul/Conv, what it costs, and what a plan would do with it."""
+
+from __future__ import annotations
+
+import argparse
+
+from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table, print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_plan_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    _, plan = build_plan(args)
+    if args.json:
+        print_json(plan.to_json())
+    else:
+        s = plan.settings
+        how = f"rank {s['rank']}" if s["rank"] else f"ratio {s['ratio']}"
+        print(f"{args.model}: {len(plan.layers)} candidate layers; plan with format {s['format']} at {how}")
+        print(plan_table(plan))
+    return 0
