@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.compress import apply_plan
@@ -50,15 +51,21 @@ def compress_model(args: argparse.Namespace):
         model, plan = load_model(src), Plan.load(args.plan)
     else:
         model, plan = build_plan(args)
+    results, proto = compress_to_file(model, plan, out, progress=not args.quiet)
+    return plan, results, proto
+
+
+def compress_to_file(model: ir.Model, plan: Plan, out: Path, progress: bool = True):
+    """Apply ``plan`` to ``model``, check it, write OUT and OUT's plan atomically."""
     if not any(lp.action == "compress" for lp in plan.layers):
         reasons = "; ".join(f"{lp.name}: {lp.reason}" for lp in plan.layers)
-        raise UserError(f"{src}: no layer would be compressed ({reasons})")
-    results = apply_plan(model, plan, progress=not args.quiet)
+        raise UserError(f"{plan.model}: no layer would be compressed ({reasons})")
+    results = apply_plan(model, plan, progress=progress)
     proto = to_proto(model)
     check_model(proto)
     save_model(proto, out)
     plan.save(plan_path(out))
-    return plan, results, proto
+    return results, proto
 
 
 def run(args: argparse.Namespace) -> int:
