@@ -7,9 +7,10 @@ import json
 
 import onnx
 import pytest
-from graphs import conv_model, mlp_model
 
 from ttcompile.cli import main
+
+from graphs import conv_model, mlp_model
 
 
 @pytest.fixture
@@ -119,3 +120,9 @@ def test_bad_input_one_line_exit_2(case, mlp, tmp_path, capsys):
         assert open(model, "rb").read() == before
     if case != "overwrite":
         assert not (tmp_path / "out.onnx").exists()
+
+
+def test_without_runtime_flavour_clear_message(mlp, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import now raises ImportError
+    assert main(["inspect", str(mlp)]) == 2
+    assert "pip install 'ttcompile[cpu]'" in _error_line(capsys)

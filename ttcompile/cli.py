@@ -8,11 +8,13 @@ import importlib
 import sys
 
 from ttcompile.errors import UserError
+from ttcompile.runtime import require_onnxruntime
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ttcompile.cmd_inspect", "list compressible layers with params and MACs"),
     "compress": ("ttcompile.cmd_compress", "rewrite layers into tensor-decomposed chains"),
+    "demo": ("ttcompile.cmd_demo", "compress and benchmark the embedded LeNet-5 (offline end-to-end run)"),
     "bench": ("ttcompile.cmd_bench", "compare models on ONNX Runtime: latency, params, MACs, accuracy"),
 }
 
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        require_onnxruntime()  # a base install without a runtime flavour stops here, with the fix
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as exc:
         print(f"ttcompile {args.command}: error: {exc}", file=sys.stderr)
