@@ -30,6 +30,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         proto = onnx.load(str(path), load_external_data=True)
     except FileNotFoundError as exc:
         raise UserError(f"{path}: missing external data file ({exc.filename or exc})") from exc
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"{path}: missing external data ({exc})") from exc
     except Exception as exc:
         raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not proto.graph.node:
