@@ -31,6 +31,7 @@ from math import prod
 
 import numpy as np
 import onnx_ir as ir
+import tensorly as tl
 
 from ttcompile.factorize import default_order, factorize
 from ttcompile.layers import Layer
@@ -69,11 +70,15 @@ def tt_svd(tensor: np.ndarray, ranks: list[int]) -> list[np.ndarray]:
 
 
 def tt_full(cores: list[np.ndarray]) -> np.ndarray:
-    """Contract TT cores ``(r, n, r')`` into the full tensor ``(n_1, ..., n_d)``."""
+    """Contract TT cores ``(r, n, r')`` into the full tensor ``(n_1, ..., n_d)``.
+
+    Written with tensorly ops, so it also runs (with gradients) on torch tensors under
+    ``tl.backend_context("pytorch")``; the same holds for ``TTFormat.reconstruct``.
+    """
     out = cores[0]
     for core in cores[1:]:
-        out = np.tensordot(out, core, axes=([-1], [0]))
-    return out.reshape(out.shape[1:-1])
+        out = tl.tensordot(out, core, axes=([out.ndim - 1], [0]))
+    return tl.reshape(out, tuple(out.shape[1:-1]))
 
 
 def balance_norms(cores: list[np.ndarray]) -> list[np.ndarray]:
@@ -94,7 +99,7 @@ def _merge_matrix_cores(cores: list[np.ndarray]) -> np.ndarray:
     for core in cores[1:]:
         r0, m, n, _ = out.shape
         _, m2, n2, r2 = core.shape
-        out = np.einsum("amnr,rpqs->ampnqs", out, core).reshape(r0, m * m2, n * n2, r2)
+        out = tl.reshape(tl.einsum("amnr,rpqs->ampnqs", out, core), (r0, m * m2, n * n2, r2))
     return out
 
 
@@ -321,10 +326,9 @@ class TTFormat(Format):
         if layer.kind == "conv":
             q, p = len(modes["in"]), len(modes["out"])
             full = tt_full(cores)  # (c_q..c_1, K, o_1..o_p)
-            full = full.transpose(*range(q + 1, q + 1 + p), *range(q - 1, -1, -1), q)
-            return full.reshape(layer.dense_shape)
-        full = _merge_matrix_cores(cores)
-        return full.reshape(layer.out_features, layer.in_features)
+            full = tl.transpose(full, (*range(q + 1, q + 1 + p), *range(q - 1, -1, -1), q))
+            return tl.reshape(full, layer.dense_shape)
+        return tl.reshape(_merge_matrix_cores(cores), (layer.out_features, layer.in_features))
 
     def emit(self, b, x, cores, layer, modes, options):
         if layer.kind == "conv":
