@@ -53,3 +53,13 @@ def mlp(rng: np.random.Generator, sizes: tuple[int, ...] = (8, 16, 3)) -> onnx.M
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", sizes[-1]])],
         [numpy_helper.from_array(v, k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def perturbed(model: onnx.ModelProto, rng: np.random.Generator, noise: float = 0.5) -> onnx.ModelProto:
+    """A copy of ``model`` with Gaussian noise added to every initializer."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        w = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array((w + rng.normal(0, noise, w.shape)).astype(np.float32), init.name))
+    return out
