@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("ttcompile.cmd_compress", "rewrite layers into tensor-decomposed chains"),
     "demo": ("ttcompile.cmd_demo", "compress and benchmark the embedded LeNet-5 (offline end-to-end run)"),
     "bench": ("ttcompile.cmd_bench", "compare models on ONNX Runtime: latency, params, MACs, accuracy"),
+    "finetune": ("ttcompile.cmd_finetune", "distil the original into a compressed model's weights"),
 }
 
 

@@ -1,0 +1,73 @@
+"""``ttcompile finetune`` end to end on a tiny MLP saved to disk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+
+from ttcompile.cli import main  # noqa: E402
+
+from train_helpers import mlp, perturbed, run_ort  # noqa: E402
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(3)
+    teacher = mlp(rng, (8, 32, 4))
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    y = run_ort(teacher, {"x": x})[0].argmax(1)
+    paths = {name: tmp_path / name for name in ("teacher.onnx", "student.onnx", "train.npz", "val.npz")}
+    onnx.save(teacher, paths["teacher.onnx"])
+    onnx.save(perturbed(teacher, rng), paths["student.onnx"])
+    np.savez(paths["train.npz"], x=x[:400], y=y[:400])
+    np.savez(paths["val.npz"], x=x[400:])  # no labels: agreement with the teacher
+    return paths
+
+
+def finetune_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["finetune", str(files["student.onnx"]), "--teacher", str(files["teacher.onnx"]),
+            "--train", str(files["train.npz"]), "--val", str(files["val.npz"]), "-o", str(out),
+            "--lr", "0.01", "--batch-size", "50", "--threads", "1", "--quiet", *extra]
+
+
+def test_finetune_writes_a_valid_model_and_reports_epochs(files, tmp_path, capsys):
+    out = tmp_path / "tuned.onnx"
+    before = files["student.onnx"].read_bytes()
+    assert main(finetune_args(files, out, "--epochs", "2")) == 0
+    text = capsys.readouterr().out
+    assert "epoch 1/2" in text and "epoch 2/2" in text and "val agreement" in text
+    assert f"wrote {out}" in text and "before fine-tuning" in text
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert files["student.onnx"].read_bytes() == before
+    assert (tmp_path / "tuned.onnx.ckpt").exists()
+
+
+def test_resume_continues_the_epoch_count(files, tmp_path, capsys):
+    out = tmp_path / "tuned.onnx"
+    assert main(finetune_args(files, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(finetune_args(files, out, "--epochs", "2", "--resume")) == 0
+    text = capsys.readouterr().out
+    assert "resuming from" in text and "epoch 2/2" in text and "epoch 1/2" not in text
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, f: a.__setitem__(a.index("-o") + 1, str(f["student.onnx"])), "refusing to overwrite"),
+    (lambda a, f: a.__setitem__(a.index("--train") + 1, str(f["student.onnx"].with_name("none.npz"))),
+     "no such file"),
+    (lambda a, f: a.__setitem__(a.index("--teacher") + 1, str(f["train.npz"])), "teacher.*not|train.npz"),
+    (lambda a, f: a.extend(["--kd-weight", "2"]), "kd weight"),
+])
+def test_bad_input_is_a_one_line_error(files, tmp_path, capsys, change, message):
+    args = finetune_args(files, tmp_path / "tuned.onnx", "--epochs", "1")
+    change(args, files)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ttcompile finetune: error:") and len(err.splitlines()) == 1
+    assert re.search(message, err)

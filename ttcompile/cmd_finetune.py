@@ -1,0 +1,75 @@
+"""``ttcompile finetune MODEL --teacher ORIGINAL --train D -o OUT``: distil ORIGINAL into MODEL's weights."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ttcompile.errors import UserError
+from ttcompile.graph import load_model, save_model, to_proto
+from ttcompile.verify import check_model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="student .onnx, e.g. the output of compress (never overwritten)")
+    p.add_argument("--teacher", required=True, metavar="ORIGINAL", help="the uncompressed .onnx to learn from")
+    p.add_argument("--train", required=True, metavar="D", help="path.npz | mnist[:split] | digits[:split]")
+    p.add_argument("--val", metavar="D", help="validation data: accuracy with labels, else top-1 agreement "
+                   "with the teacher; the best epoch is kept (default: the last epoch)")
+    p.add_argument("-o", "--output", required=True, help="fine-tuned model to write (same graph, new weights)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 0)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    p.add_argument("--kd-weight", type=float, default=0.9,
+                   help="weight of the distillation term; the rest goes to cross-entropy on labels")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", metavar="PATH", help="saved after every epoch (default: OUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    p.add_argument("--threads", type=int, default=0, help="torch and ORT threads (0: their defaults)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _epoch_printer(epochs: int, metric: str):
+    """A training hook printing one line per finished epoch (torch is imported only here)."""
+    from ttcompile.train.hooks import TrainHook
+
+    class EpochPrinter(TrainHook):
+        def on_epoch_end(self, module, stats) -> None:
+            val = "" if stats.val is None else f"  val {metric} {stats.val:.4f}"
+            print(f"epoch {stats.epoch}/{epochs}  loss {stats.loss:.4f}{val}  lr {stats.lr:.2e}  "
+                  f"{stats.seconds:.1f}s", flush=True)
+
+    return EpochPrinter()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ttcompile.models.data import load_dataset
+    from ttcompile.train.finetune import finetune
+
+    src, out = Path(args.model), Path(args.output)
+    for path, role in ((src, "the input model"), (Path(args.teacher), "the teacher")):
+        if out.exists() and path.exists() and out.resolve() == path.resolve():
+            raise UserError(f"{out}: refusing to overwrite {role}; choose another -o")
+    student, teacher = to_proto(load_model(src)), to_proto(load_model(args.teacher))
+    train = load_dataset(args.train)
+    val = load_dataset(args.val) if args.val else None
+    metric = "accuracy" if val is not None and val.y is not None else "agreement"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    if args.resume and checkpoint.exists():
+        print(f"resuming from {checkpoint}")
+    model, history = finetune(
+        student, teacher, train, val, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        temperature=args.temperature, kd_weight=args.kd_weight, weight_decay=args.weight_decay,
+        seed=args.seed, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet,
+        hooks=[_epoch_printer(args.epochs, metric)], threads=args.threads or None)
+    check_model(model)
+    save_model(model, out)
+    if history.metric is not None:
+        best = next(e for e in history.epochs if e.epoch == history.best_epoch)
+        before = "" if history.initial_val is None else f", before fine-tuning {history.initial_val:.4f}"
+        teacher_val = "" if history.teacher_val is None else f", teacher {history.teacher_val:.4f}"
+        print(f"best epoch {best.epoch}: val {history.metric} {best.val:.4f}{before}{teacher_val}")
+    print(f"wrote {out} (checkpoint {checkpoint})")
+    return 0
