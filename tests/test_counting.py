@@ -82,9 +82,7 @@ def test_matmul_3d_input_2d_weight():
 
 def test_batched_matmul_broadcasting():
     # [B,1,5,6] @ [3,6,4] -> [B,3,5,4], K=6
-    model = make(
-        [helper.make_node("MatMul", ["a", "b"], ["y"], name="bmm")], {"a": [None, 1, 5, 6], "b": [3, 6, 4]}
-    )
+    model = make([helper.make_node("MatMul", ["a", "b"], ["y"], name="bmm")], {"a": [None, 1, 5, 6], "b": [3, 6, 4]})
     assert count_macs(model, batch=2) == {"bmm": 2 * 3 * 5 * 4 * 6}
 
 
@@ -156,6 +154,20 @@ def test_reshape_shape_computed_from_shape_op():
     inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [4, 16]), weight("w", 16, 3)]
     model = make(nodes, {"x": ["batch", 64]}, inits=inits)
     assert count_macs(model, batch=6) == {"mm": 6 * 4 * 3 * 16}
+
+
+def test_shapes_behind_a_computed_pad():
+    """ONNX inference loses the Pad output when pads come from a Cast (TorchScript-exported
+    shortcuts do this); ONNX Runtime's symbolic inference recovers it."""
+    nodes = [
+        helper.make_node("Cast", ["pads32"], ["pads"], to=TensorProto.INT64),
+        helper.make_node("Pad", ["x", "pads"], ["p"]),  # [N,4,5,5] -> [N,4,7,7]
+        helper.make_node("Conv", ["p", "w"], ["y"], name="conv"),  # 3x3 valid -> [N,2,5,5]
+    ]
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int32), "pads32")
+    model = make(nodes, {"x": ["N", 4, 5, 5]}, inits=[pads, weight("w", 2, 4, 3, 3)])
+    assert count_macs(model, batch=3) == {"conv": 3 * 2 * 5 * 5 * 4 * 3 * 3}
+    assert ort_output_shape(model, x=np.zeros((3, 4, 5, 5))) == (3, 2, 5, 5)
 
 
 def test_unnamed_and_repeated_names_get_index_keys():

@@ -12,7 +12,7 @@ import math
 import onnx
 
 from ttcompile.errors import UserError
-from ttcompile.shapes import static_shapes
+from ttcompile.shapes import fix_input_dims, static_shapes
 
 _FLOAT_NAMES = (
     "FLOAT",
@@ -64,6 +64,9 @@ def count_macs(
     Shapes come from ONNX shape inference with the graph inputs fixed: a dynamic
     leading dim becomes ``batch``; other dynamic dims must be given in
     ``input_shapes`` (input name -> full shape), else UserError names the input.
+    Where ONNX inference stops short of a counted node (e.g. Pad amounts computed by a
+    Shape/Cast chain, as the TorchScript exporter emits), ONNX Runtime's symbolic
+    shape inference fills the gap when onnxruntime is installed.
 
     - MatMul  A[..., M, K] @ B[..., K, N] (numpy broadcasting, 1-D operands allowed):
       prod(output shape) * K.
@@ -76,11 +79,17 @@ def count_macs(
     Keys are node names; an unnamed (or repeated) name becomes ``{op_type}_{index}``.
     Only nodes of the top-level graph are counted (no If/Loop bodies, no local functions).
     """
+    nodes = [
+        (index, node)
+        for index, node in enumerate(model.graph.node)
+        if node.op_type in MAC_OPS and node.domain in ("", "ai.onnx")
+    ]
     shapes = static_shapes(model, batch, input_shapes)
+    needed = {name for _, node in nodes for name in (*node.input[:2], node.output[0])}
+    if not needed <= shapes.keys():
+        shapes = {**_runtime_symbolic_shapes(fix_input_dims(model, batch, input_shapes)), **shapes}
     macs: dict[str, int] = {}
-    for index, node in enumerate(model.graph.node):
-        if node.op_type not in MAC_OPS or node.domain not in ("", "ai.onnx"):
-            continue
+    for index, node in nodes:
         key = node_key(node, index)
         if key in macs:
             key = f"{node.op_type}_{index}"
@@ -88,11 +97,29 @@ def count_macs(
     return macs
 
 
-def total_macs(
-    model: onnx.ModelProto, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None
-) -> int:
+def total_macs(model: onnx.ModelProto, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
     """Sum of :func:`count_macs` over the graph."""
     return sum(count_macs(model, batch, input_shapes).values())
+
+
+def _runtime_symbolic_shapes(fixed: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes from ONNX Runtime's symbolic shape inference; {} when it is unavailable or fails."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return {}
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(fixed)
+    except Exception:  # it raises bare Exceptions on graphs it cannot handle
+        return {}
+    if inferred is None:
+        return {}
+    shapes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
 
 
 def _node_macs(node: onnx.NodeProto, key: str, shapes: dict[str, tuple[int, ...]]) -> int:
