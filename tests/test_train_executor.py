@@ -253,14 +253,16 @@ def test_unsupported_extra_output_is_refused():
 
 
 def conv_bn_net() -> onnx.ModelProto:
-    """Conv -> BatchNorm -> Relu -> GlobalAveragePool -> Flatten -> Gemm, weights named with dots."""
-    nodes = [node("Conv", ["x", "conv.weight", "conv.bias"], ("c",), pads=[1, 1, 1, 1]),
+    """Sub mean -> Conv -> BatchNorm -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> Mul scale,
+    weights named with dots."""
+    nodes = [node("Sub", ["x", "mean"], ("n",)),
+             node("Conv", ["n", "conv.weight", "conv.bias"], ("c",), pads=[1, 1, 1, 1]),
              node("BatchNormalization", ["c", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"], ("b",)),
              node("Relu", ["b"], ("r",)), node("GlobalAveragePool", ["r"], ("g",)), node("Flatten", ["g"], ("h",)),
              node("Gemm", ["h", "fc.weight", "fc.bias"], ("z",), transB=1), node("Mul", ["z", "scale"])]
     inits = {"conv.weight": f(6, 3, 3, 3), "conv.bias": f(6), "bn.weight": pos(6), "bn.bias": f(6),
              "bn.running_mean": f(6), "bn.running_var": pos(6), "fc.weight": f(4, 6), "fc.bias": f(4),
-             "scale": np.float32(2.0)}
+             "scale": np.float32(2.0), "mean": f(1, 3, 1, 1)}
     return make_model(nodes, {"x": f(2, 3, 8, 8)}, ["y"], inits)
 
 
@@ -268,9 +270,9 @@ def test_parameters_are_keyed_by_onnx_name_and_receive_gradients():
     module = OnnxModule(conv_bn_net())
     params = module.onnx_parameters()
     assert set(params) == {"conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean",
-                           "bn.running_var", "fc.weight", "fc.bias", "scale"}
+                           "bn.running_var", "fc.weight", "fc.bias", "scale", "mean"}
     frozen = {name for name, p in params.items() if not p.requires_grad}
-    assert frozen == {"bn.running_mean", "bn.running_var", "scale"}
+    assert frozen == {"bn.running_mean", "bn.running_var", "scale", "mean"}
     module(torch.from_numpy(f(2, 3, 8, 8))).square().sum().backward()
     for name, p in params.items():
         if p.requires_grad:

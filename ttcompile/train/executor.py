@@ -21,9 +21,10 @@ from torch import nn
 from ttcompile.errors import UserError
 from ttcompile.train.ops import OPS, Node, OpFn
 
-# Float initializers in these input slots are statistics or hyper-parameters, never trained.
+# Float initializers in these input slots are statistics, hyper-parameters or input normalisation
+# constants (x - mean) / std, never trained.
 FROZEN_SLOTS: dict[str, tuple[int, ...]] = {"BatchNormalization": (3, 4), "Pow": (1,), "Clip": (1, 2),
-                                            "Pad": (2,)}
+                                            "Pad": (2,), "Sub": (1,), "Div": (1,)}
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -83,10 +84,11 @@ class OnnxModule(nn.Module):
     """An ONNX graph as a torch module. ``forward(*inputs)`` takes the graph inputs that are not
     initializers, in graph order, and returns the output tensor (a tuple when there are several).
 
-    Float initializers with more than one element are trainable, except BatchNormalization statistics
-    and the exponent/bounds/fill inputs of Pow/Clip/Pad (see FROZEN_SLOTS); other float initializers
-    are Parameters with ``requires_grad=False``. ``set_transform`` lets a regulariser rewrite the value
-    an initializer contributes (for example gate it) without touching the graph.
+    Float initializers with more than one element are trainable, except BatchNormalization statistics,
+    the exponent/bounds/fill inputs of Pow/Clip/Pad and the right operands of Sub/Div (FROZEN_SLOTS);
+    other float initializers are Parameters with ``requires_grad=False`` (a hook may unfreeze them).
+    ``set_transform`` lets a regulariser rewrite the value an initializer contributes (for example
+    gate it) without touching the graph.
     """
 
     def __init__(self, model: onnx.ModelProto):
