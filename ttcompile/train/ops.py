@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,9 +30,9 @@ class Node:
 
     op_type: str
     name: str
-    attrs: dict[str, Any] = field(default_factory=dict)
-    opset: int = 18
-    n_outputs: int = 1
+    attrs: dict[str, Any]
+    opset: int
+    n_outputs: int
 
     @classmethod
     def from_proto(cls, node: onnx.NodeProto, opset: int) -> Node:
