@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ttcompile.cmd_inspect", "list compressible layers with params and MACs"),
     "compress": ("ttcompile.cmd_compress", "rewrite layers into tensor-decomposed chains"),
     "demo": ("ttcompile.cmd_demo", "compress and benchmark the embedded LeNet-5 (offline end-to-end run)"),
+    "analyze": ("ttcompile.cmd_analyze", "LWIQ layer significance scores from calibration data (for --budget)"),
     "bench": ("ttcompile.cmd_bench", "compare models on ONNX Runtime: latency, params, MACs, accuracy"),
     "finetune": ("ttcompile.cmd_finetune", "distil the original into a compressed model's weights"),
 }

@@ -1,0 +1,43 @@
+"""``ttcompile analyze MODEL --calib D -o analysis.json``: LWIQ significance score of every layer."""
+
+from __future__ import annotations
+
+import argparse
+
+from ttcompile.lwiq import analyze
+from ttcompile.shapes import parse_input_shapes
+from ttcompile.tables import align, count
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX model to analyse (never modified)")
+    p.add_argument("--calib", required=True, help="calibration data: .npz with x (and optional y), or a dataset "
+                                                  "spec such as mnist:val; without y the model's top-1 is used")
+    p.add_argument("-o", "--output", required=True, help="analysis JSON to write (input of compress --analysis)")
+    p.add_argument("--batch", type=int, default=256, help="samples per ORT run (memory stays bounded)")
+    p.add_argument("--holdout", type=float, default=0.5, help="fraction of samples held out for proxy accuracy")
+    p.add_argument("--seed", type=int, default=0, help="seed of the imprint/held-out split")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DxD..", help="fix dynamic input dims")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    a = analyze(args.model, args.calib, batch=args.batch, holdout=args.holdout, seed=args.seed,
+                input_shapes=parse_input_shapes(args.input_shape), progress=not args.quiet)
+    a.save(args.output)
+    c = a.calibration
+    headers = ["layer", "kind", "params", "MACs", "probe (after)", "D", "acc", "acc prev", "gain", "score"]
+    rows = [[ls.layer.name, ls.layer.kind, count(ls.layer.params), count(ls.layer.macs),
+             "+".join([ls.layer.op_type, *ls.through]), str(ls.embedding), f"{ls.proxy_accuracy:.4f}",
+             f"{ls.previous_accuracy:.4f}", f"{ls.gain:+.4f}", f"{ls.score:.4f}"] for ls in a.layers]
+    print(f"{args.model}: LWIQ on {c['source']}: {c['imprint']} imprint + {c['held_out']} held-out samples, "
+          f"{c['classes']} classes, labels: {c['labels']}")
+    if c["note"]:
+        print(f"note: {c['note']}")
+    print("\n".join(align(headers, rows)))
+    print(f"proxy accuracy on the pooled model input (acc_0): {a.input_accuracy:.4f}"
+          + (f"; model accuracy on the held-out split: {c['model_accuracy_held_out']:.4f}"
+             if c["model_accuracy_held_out"] is not None else ""))
+    print(f"score: {a.formula} (eps = {a.epsilon:g})")
+    print(f"wrote {args.output} in {a.time_s:.2f} s ({c['batches']} batches of <= {c['batch']})")
+    return 0

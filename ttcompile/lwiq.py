@@ -1,0 +1,264 @@
+"""LWIQ layer significance: an imprinted proxy classifier after every compressible layer.
+
+Procedure (design notes, methods.md section 1):
+
+1. Split the calibration set (seeded): a fraction ``holdout`` of the samples is held out, the rest
+   imprints. With labels the split is stratified per class; without labels the model's own top-1
+   predictions are the labels and the split is a random one. Every class must be present in both
+   splits (else UserError).
+2. One ORT pass over the imprint split, ``batch`` samples at a time: each probe's activation
+   (``ttcompile.features``) is pooled to an embedding ``phi_l(x)`` of length ``D_l`` and added to
+   per-class sums ``S_l[c] += phi_l(x)``. Memory: ``K x D_l`` per layer plus one batch, whatever N.
+3. Imprinted weights ``w_{l,c} = mu_{l,c} / ||mu_{l,c}||`` with ``mu_{l,c} = S_l[c] / n_c`` (no
+   per-sample normalisation). A second pass over the held-out split predicts
+   ``argmax_c w_{l,c} . phi_l(x)`` (cosine classification; normalising phi does not change the argmax)
+   and counts hits: the proxy accuracy ``acc_l``.
+4. Score (``SCORE_FORMULA``)::
+
+       gain_l = acc_l - acc_prev(l)
+       s_l    = max(gain_l, eps)                     eps = 1e-3
+       s^_l   = s_l / max_j s_j                       in (0, 1]
+
+   ``acc_prev(l)`` is the proxy accuracy at the nearest probe upstream of layer l (the previous layer
+   in a chain); for the first layers it is ``acc_0``, the proxy imprinted on the pooled model input
+   itself, so a layer is credited only with the class separability it adds to what its input already
+   had (acc_0 = chance or 0 would hand the first layer nearly all the credit).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ttcompile.errors import UserError
+from ttcompile.features import (
+    EMBEDDING_TARGET,
+    BatchRunner,
+    Calibration,
+    Probe,
+    embed,
+    find_probes,
+    load_calibration,
+    model_input,
+    probe_model,
+)
+from ttcompile.graph import load_model, to_proto, write_bytes_atomic
+from ttcompile.layers import Layer, find_layers
+from ttcompile.plan import file_sha256
+
+ANALYSIS_VERSION = 1
+EPSILON = 1e-3
+INPUT = "<model input>"
+SCORE_FORMULA = ("gain_l = acc_l - acc_prev(l); s_l = max(gain_l, eps); score_l = s_l / max_j s_j; "
+                 "acc_prev(l) = proxy accuracy at the nearest probe upstream of layer l, or at the pooled "
+                 "model input (acc_0) when there is none")
+
+
+@dataclass
+class LayerScore:
+    """One layer's probe, proxy accuracy and significance score."""
+
+    layer: Layer
+    probe: str  # tensor read
+    through: list[str]  # ops followed after the layer
+    previous: str  # probe tensor of acc_prev, or INPUT
+    embedding: int  # D_l
+    proxy_accuracy: float
+    previous_accuracy: float
+    gain: float
+    score: float
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "layer": self.layer.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> LayerScore:
+        return cls(**{**d, "layer": Layer.from_json(d["layer"])})
+
+
+@dataclass
+class Analysis:
+    """Scores of every compressible layer, with what produced them (saved as analysis JSON)."""
+
+    model: str
+    model_sha256: str
+    layers: list[LayerScore]
+    input_accuracy: float
+    calibration: dict
+    time_s: float
+    epsilon: float = EPSILON
+    formula: str = SCORE_FORMULA
+    embedding_target: int = EMBEDDING_TARGET
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {ls.layer.name: ls.score for ls in self.layers}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [ls.to_json() for ls in self.layers]
+        return {"version": ANALYSIS_VERSION, "kind": "lwiq-analysis", **d}
+
+    def save(self, path: str | Path) -> Path:
+        return write_bytes_atomic(path, (json.dumps(self.to_json(), indent=1) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Analysis:
+        try:
+            d = json.loads(Path(path).read_text())
+            if d.pop("kind", None) != "lwiq-analysis" or d.pop("version", None) != ANALYSIS_VERSION:
+                raise ValueError(f"not an LWIQ analysis of version {ANALYSIS_VERSION}")
+            d["layers"] = [LayerScore.from_json(x) for x in d["layers"]]
+            return cls(**d)
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such analysis file") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path}: not a valid ttcompile analysis ({exc})") from exc
+
+    def check_model(self, model_path: str | Path) -> None:
+        """UserError unless ``model_path`` is the model that was analysed (same SHA-256)."""
+        if file_sha256(model_path) != self.model_sha256:
+            raise UserError(f"the analysis was made for {self.model} (SHA-256 {self.model_sha256[:12]}...), "
+                            f"not for {model_path}; run 'ttcompile analyze' on this model")
+
+
+# ---- imprinting ---------------------------------------------------------------------------------
+
+
+class ProxyClassifier:
+    """Imprinted class-mean classifier over embeddings of one probe; sums accumulate batch by batch."""
+
+    def __init__(self, n_classes: int):
+        self.n_classes = n_classes
+        self.sums: np.ndarray | None = None  # (K, D) float64
+        self.counts = np.zeros(n_classes, dtype=np.int64)
+        self.weights: np.ndarray | None = None  # (K, D) unit rows, set by imprint()
+
+    def add(self, emb: np.ndarray, labels: np.ndarray) -> None:
+        """Accumulate ``emb`` (B, D) into the sums of ``labels`` (B,)."""
+        if self.sums is None:
+            self.sums = np.zeros((self.n_classes, emb.shape[1]))
+        np.add.at(self.sums, labels, emb)
+        self.counts += np.bincount(labels, minlength=self.n_classes)
+
+    def imprint(self) -> None:
+        """``w_c = mu_c / ||mu_c||`` (a zero mean stays zero)."""
+        means = self.sums / np.maximum(self.counts, 1)[:, None]
+        self.weights = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-30)
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        """Top-1 class ``(B,)`` of ``emb`` (B, D) by cosine similarity to the imprinted weights."""
+        return np.argmax(emb @ self.weights.T, axis=1)
+
+
+def split_indices(n: int, labels: np.ndarray | None, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(imprint, held-out) sorted index arrays; stratified per class when ``labels`` are given."""
+    if not 0 < holdout < 1:
+        raise UserError(f"held-out fraction {holdout} must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] if labels is not None else [np.arange(n)]
+    imprint, held = [], []
+    for idx in groups:
+        idx = rng.permutation(idx)
+        k = min(max(round(len(idx) * holdout), 1), len(idx) - 1)
+        held.append(idx[:k])
+        imprint.append(idx[k:])
+    return np.sort(np.concatenate(imprint)), np.sort(np.concatenate(held))
+
+
+def _check_classes(counts: np.ndarray, split: str, calib: Calibration) -> None:
+    missing = np.flatnonzero(counts == 0).tolist()
+    if missing:
+        how = "has no sample of" if calib.y is not None else "has no sample the model predicts as"
+        raise UserError(f"{calib.source}: the {split} split {how} class {', '.join(map(str, missing))}; "
+                        "every class must be in both splits (add samples or labels 'y')")
+
+
+def scores_from_accuracies(accuracy: dict[str, float], probes: list[Probe], eps: float = EPSILON
+                           ) -> list[tuple[float, float, float]]:
+    """``(acc_prev, gain, score)`` per probe from ``accuracy`` (probe value or INPUT -> acc); see SCORE_FORMULA."""
+    prev = [accuracy[p.previous or INPUT] for p in probes]
+    gains = [accuracy[p.value] - a for p, a in zip(probes, prev)]
+    s = [max(g, eps) for g in gains]
+    top = max(s)
+    return [(a, g, v / top) for a, g, v in zip(prev, gains, s)]
+
+
+def analyze(
+    model_path: str | Path,
+    calib_spec: str,
+    *,
+    batch: int = 256,
+    holdout: float = 0.5,
+    seed: int = 0,
+    input_shapes: dict | None = None,
+    progress: bool = True,
+) -> Analysis:
+    """Run the LWIQ analysis of ``model_path`` on calibration data ``calib_spec`` (see the module docstring)."""
+    start = time.perf_counter()
+    model = load_model(model_path)
+    layers = [layer for layer in find_layers(model, input_shapes) if layer.compressible]
+    if not layers:
+        raise UserError(f"{model_path}: no compressible Gemm, MatMul or Conv layer to analyse")
+    proto = to_proto(model)
+    calib = load_calibration(calib_spec, proto)
+    probes = find_probes(model, layers)
+    imprint_idx, held_idx = split_indices(len(calib.x), calib.y, holdout, seed)
+    if calib.y is not None:  # fail before running anything
+        for split, idx in (("imprint", imprint_idx), ("held-out", held_idx)):
+            _check_classes(np.bincount(calib.y[idx], minlength=calib.n_classes), split, calib)
+    logits = proto.graph.output[0].name
+    values = list(dict.fromkeys(p.value for p in probes))
+    channels_first = {p.value: p.channels_first for p in probes} | {INPUT: calib.x.ndim > 2}
+    runner = BatchRunner(probe_model(model, values), model_input(proto), [logits, *values], batch)
+    proxies = {v: ProxyClassifier(calib.n_classes) for v in [INPUT, *values]}
+    held_counts, hits = np.zeros(calib.n_classes, dtype=np.int64), dict.fromkeys(proxies, 0)
+    model_hits = 0
+    bar = tqdm(total=runner.n_batches(len(imprint_idx)) + runner.n_batches(len(held_idx)), unit="batch",
+               desc="lwiq", disable=not progress)
+    with bar:
+        for idx, out in runner.batches(calib.x, imprint_idx, bar):
+            labels = calib.y[idx] if calib.y is not None else np.argmax(out[logits], axis=1)
+            out[INPUT] = calib.x[idx]
+            for v, proxy in proxies.items():
+                proxy.add(embed(out[v], channels_first[v]), labels)
+        _check_classes(proxies[INPUT].counts, "imprint", calib)
+        for proxy in proxies.values():
+            proxy.imprint()
+        for idx, out in runner.batches(calib.x, held_idx, bar):
+            predicted = np.argmax(out[logits], axis=1)
+            labels = calib.y[idx] if calib.y is not None else predicted
+            model_hits += int((predicted == labels).sum())
+            held_counts += np.bincount(labels, minlength=calib.n_classes)
+            out[INPUT] = calib.x[idx]
+            for v, proxy in proxies.items():
+                hits[v] += int((proxy.predict(embed(out[v], channels_first[v])) == labels).sum())
+    _check_classes(held_counts, "held-out", calib)
+    accuracy = {v: h / len(held_idx) for v, h in hits.items()}
+    layer_scores = [
+        LayerScore(layer, p.value, list(p.through), p.previous or INPUT, int(proxies[p.value].sums.shape[1]),
+                   accuracy[p.value], a_prev, gain, score)
+        for layer, p, (a_prev, gain, score) in zip(layers, probes, scores_from_accuracies(accuracy, probes))
+    ]
+    calibration = {
+        "source": calib_spec,
+        "samples": int(len(calib.x)),
+        "imprint": int(len(imprint_idx)),
+        "held_out": int(len(held_idx)),
+        "holdout_fraction": holdout,
+        "seed": seed,
+        "batch": runner.batch,
+        "batches": runner.runs,
+        "classes": calib.n_classes,
+        "labels": "given" if calib.y is not None else "model top-1 predictions (the data has no labels 'y')",
+        "model_accuracy_held_out": model_hits / len(held_idx) if calib.y is not None else None,
+        "note": calib.note,
+    }
+    return Analysis(str(model_path), file_sha256(model_path), layer_scores, accuracy[INPUT], calibration,
+                    round(time.perf_counter() - start, 3))
