@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ttcompile.allocators import plan_from_args
 from ttcompile.errors import UserError
 from ttcompile.factorize import parse_modes
 from ttcompile.graph import load_model
@@ -49,6 +50,9 @@ def build_plan(args: argparse.Namespace):
     layers = find_layers(model, parse_input_shapes(args.input_shape))
     if not layers:
         raise UserError(f"{args.model}: no Gemm, MatMul or Conv node, nothing to compress")
+    budgeted = plan_from_args(args, model, layers, parse_mode_overrides(args.modes))
+    if budgeted is not None:
+        return model, budgeted
     if args.rank is None and args.ratio is None:
         args.ratio = 0.1
     plan = make_plan(layers, args.format, model_path=args.model, rank=args.rank, ratio=args.ratio,

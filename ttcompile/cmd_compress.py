@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from ttcompile.allocators import add_budget_arguments, describe
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.compress import apply_plan
 from ttcompile.errors import UserError
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="inputs for the output comparison: .npz with x, mnist[:split] or digits")
     p.add_argument("--samples", type=int, default=64, help="how many inputs to compare on (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_budget_arguments(p)
 
 
 def plan_path(output: str | Path) -> Path:
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     plan, results, proto = compress_model(args)
     original = onnx.load(args.model)
     print(plan_table(plan))
+    if "allocator" in plan.settings:
+        print(describe(plan))
     for r in results:
         if not r.rewritten:
             print(f"skipped {r.name}: {r.reason}")

@@ -1,0 +1,136 @@
+"""Budgets: parsing, the alpha bisection hitting targets, the MAC rule, infeasibility, re-budgeting."""
+
+from __future__ import annotations
+
+import time
+
+import lwiq_data
+import pytest
+
+from ttcompile.allocators import Context, allocate
+from ttcompile.budget import Budget, BudgetInfeasible, parse_budget, scaled_ranks
+from ttcompile.errors import UserError
+from ttcompile.graph import load_model
+from ttcompile.layers import find_layers
+from ttcompile.lwiq import INPUT, Analysis, LayerScore, analyze
+from ttcompile.passes.base import get_format
+from ttcompile.plan import file_sha256
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    path = lwiq_data.mlp(tmp_path_factory.mktemp("budget") / "mlp.onnx")
+    return path, find_layers(load_model(path))
+
+
+def fake_analysis(path, layers, scores) -> Analysis:
+    """An Analysis with the given scores (no model run)."""
+    rows = [LayerScore(lay, "v", [], INPUT, 1, 0.0, 0.0, 0.0, s) for lay, s in zip(layers, scores)]
+    return Analysis(str(path), file_sha256(path), rows, 0.0, {}, 0.0)
+
+
+def lwiq_plan(path, layers, budget, scores=(1.0, 0.5, 0.2), allow_more_macs=False):
+    ctx = Context(str(path), file_sha256(path), layers, get_format("tt"), allow_more_macs=allow_more_macs,
+                  analysis=fake_analysis(path, layers, scores))
+    return allocate("lwiq", ctx, budget)
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("params=0.1", Budget(params=0.1)), ("macs=0.5", Budget(macs=0.5)),
+    ("params=0.1,macs=0.5", Budget(0.1, 0.5)), ("params=20000", Budget(params=20000)),
+])
+def test_parse_budget(spec, want):
+    assert parse_budget(spec) == want
+    assert str(want) == spec
+
+
+@pytest.mark.parametrize("spec", ["", "params", "params=x", "flops=0.1", "params=0", "params=0.1,params=0.2"])
+def test_parse_budget_rejects(spec):
+    with pytest.raises(UserError, match="--budget"):
+        parse_budget(spec)
+
+
+def test_scaled_ranks_rounds_half_up_and_clips():
+    assert scaled_ranks([1, 10, 40, 1], 0.25) == [1, 3, 10, 1]
+    assert scaled_ranks([1, 10, 1], 0.0) == [1, 1, 1]
+    assert scaled_ranks([1, 10, 1], 5.0) == [1, 10, 1]
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.05, 0.1, 0.2])
+def test_params_budget_is_hit_within_two_percent(mlp, fraction):
+    path, layers = mlp
+    plan = lwiq_plan(path, layers, Budget(params=fraction), allow_more_macs=True)
+    rep = plan.settings["budget"]
+    assert 0.98 <= rep["of_target"]["params"] <= 1.0
+    assert rep["achieved"]["params"] == plan.totals()["params_after"]  # all layers are budgeted here
+
+
+def test_absolute_budget(mlp):
+    path, layers = mlp
+    rep = lwiq_plan(path, layers, Budget(params=20000), allow_more_macs=True).settings["budget"]
+    assert rep["targets"]["params"] == 20000 and 19600 <= rep["achieved"]["params"] <= 20000
+
+
+def test_params_budget_never_adds_macs_unless_allowed(mlp):
+    path, layers = mlp
+    plan = lwiq_plan(path, layers, Budget(params=0.2))
+    for lp in plan.layers:
+        assert lp.action != "compress" or lp.macs <= lp.layer.macs
+    rep = plan.settings["budget"]
+    assert rep["achieved"]["params"] <= rep["targets"]["params"] and rep["mac_capped"]
+    more = lwiq_plan(path, layers, Budget(params=0.2), allow_more_macs=True)
+    assert any(lp.macs > lp.layer.macs for lp in more.layers if lp.action == "compress")
+
+
+def test_macs_budget_and_both(mlp):
+    path, layers = mlp
+    rep = lwiq_plan(path, layers, Budget(macs=0.3)).settings["budget"]
+    assert 0.9 <= rep["of_target"]["macs"] <= 1.0
+    both = lwiq_plan(path, layers, Budget(params=0.01, macs=0.3)).settings["budget"]
+    assert both["achieved"]["params"] <= both["targets"]["params"] and both["of_target"]["macs"] <= 1.0
+
+
+def test_scores_order_the_ranks(mlp):
+    path, layers = mlp
+    plan = lwiq_plan(path, layers, Budget(params=0.05), scores=(0.1, 1.0, 0.1), allow_more_macs=True)
+    ranks = {lp.name: max(lp.ranks) for lp in plan.layers}
+    assert ranks["fc1"] > ranks["fc0"]
+    assert [lp.score for lp in plan.layers] == [0.1, 1.0, 0.1]
+
+
+def test_budget_grows_with_the_target(mlp):
+    path, layers = mlp
+    sizes = [lwiq_plan(path, layers, Budget(params=f), allow_more_macs=True).settings["budget"]["achieved"]["params"]
+             for f in (0.01, 0.03, 0.1)]
+    assert sizes == sorted(sizes)
+
+
+def test_infeasible_budget_says_so(mlp):
+    path, layers = mlp
+    with pytest.raises(BudgetInfeasible, match="infeasible.*params"):
+        lwiq_plan(path, layers, Budget(params=50))
+
+
+def test_rebudget_from_json_equals_fresh_and_is_fast(tmp_path):
+    model = lwiq_data.model(tmp_path / "toy.onnx")
+    calib = lwiq_data.calib_file(tmp_path / "calib.npz")
+    fresh = analyze(model, str(calib), progress=False)
+    fresh.save(tmp_path / "analysis.json")
+    layers = find_layers(load_model(model))
+    budget = Budget(params=0.3)
+
+    def plan_with(analysis):
+        ctx = Context(str(model), file_sha256(model), layers, get_format("tt"), analysis=analysis,
+                      allow_more_macs=True)
+        plan = allocate("lwiq", ctx, budget).to_json()
+        plan["settings"].pop("search_time_s")
+        return plan
+
+    start = time.perf_counter()
+    loaded = Analysis.load(tmp_path / "analysis.json")
+    again = plan_with(loaded)
+    assert time.perf_counter() - start < 1.0
+    assert again == plan_with(fresh)
+    loaded.check_model(model)
+    with pytest.raises(UserError, match="not for"):
+        loaded.check_model(calib)

@@ -1,0 +1,279 @@
+"""Rank allocators behind one interface: ``lwiq``, ``uniform``, ``energy``, ``greedy``.
+
+Each allocator turns a model into a one-knob ``budget.Family`` of per-layer ranks (most compressed
+first); ``budget.solve`` bisects that knob to meet the budget. ``R_{l,k}`` are the format's rank caps
+(``Format.max_ranks`` at the layer's modes) and ``scaled_ranks(R, x) = clip(floor(x R_{l,k} + 1/2), 1,
+R_{l,k})``.
+
+* ``lwiq`` (knob alpha): ``r_{l,k} = scaled_ranks(R_l, alpha * score_l)`` with the LWIQ scores of
+  ``ttcompile.lwiq`` (methods.md 1.3 step 4). Candidates: alpha = 0 and the midpoints between the
+  alphas where some ``r_{l,k}`` steps, so each candidate gives one distinct, reproducible rank set.
+* ``uniform`` (knob rho): every layer gets the largest uniform rank whose realized params are at most
+  ``rho`` times its dense params (rank 1 at least; ``plan.ranks_for_ratio``), one rho for all layers.
+* ``energy`` (knob tau): per layer, the singular values ``sigma`` of the canonical weight unfolded as
+  ``(out, in * prod(kernel))``; ``m_l(tau)`` = smallest m with ``sum_{i<=m} sigma_i^2 >= tau sum sigma^2``;
+  ``r_{l,k} = scaled_ranks(R_l, m_l / rank(W_l))``, the same energy-kept rank fraction on every bond
+  (format-agnostic; for a TT format it is a proxy for the bond unfoldings' own spectra).
+* ``greedy`` (knob delta, AIMET-style): each layer alone is rewritten at ratios ``GREEDY_RATIOS``
+  (uniform-rank ranks as above) and the whole model run on the calibration set, giving the accuracy
+  drop ``d_l(rho) = acc_ref - acc(l, rho)`` (labels: given, else the model's own top-1). At threshold
+  delta each layer takes its smallest ratio with ``d_l(rho) <= delta``, or stays dense if none.
+  Its score is ``d_l`` at its smallest ratio (sensitivity).
+
+Every layer's rewrite is kept only when it saves params and does not add MACs (``plan.layer_plan``,
+unless ``allow_more_macs``). The returned Plan records the knob, budget report and search time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from tqdm import tqdm
+
+from ttcompile.budget import Family, Planner, parse_budget, scaled_ranks, solve
+from ttcompile.compress import rewrite_layer
+from ttcompile.errors import UserError
+from ttcompile.features import BatchRunner, Calibration, load_calibration, model_input
+from ttcompile.graph import to_proto
+from ttcompile.layers import Layer, dense_weight
+from ttcompile.lwiq import Analysis, analyze
+from ttcompile.passes.base import Format, get_format
+from ttcompile.plan import Plan, file_sha256
+
+GREEDY_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75)
+RANK_MAPPING = "r_{l,k} = clip(floor(x_l * R_{l,k} + 1/2), 1, R_{l,k}), R = Format.max_ranks"
+
+
+@dataclass
+class Context:
+    """What an allocator may use. ``model`` for energy/greedy, ``calibration`` for greedy, ``analysis`` for lwiq."""
+
+    model_path: str
+    model_sha256: str
+    layers: list[Layer]
+    fmt: Format
+    modes: dict[str, dict] | None = None
+    allow_more_macs: bool = False
+    model: ir.Model | None = None
+    calibration: Calibration | None = None
+    analysis: Analysis | None = None
+    batch: int = 256
+    progress: bool = False
+
+
+class Allocator(ABC):
+    name: str = ""
+    needs: tuple[str, ...] = ()  # Context fields that must be set
+
+    @abstractmethod
+    def family(self, ctx: Context, planner: Planner) -> tuple[Family, dict[str, float], dict]:
+        """The knob family, per-layer scores (may be empty) and settings to record."""
+
+
+def _midpoints(steps: set[float]) -> list[float]:
+    """0, then one value inside each interval between consecutive distinct ``steps``, then past the last."""
+    s = sorted(steps)
+    distinct = [v for i, v in enumerate(s) if i == 0 or v > s[i - 1] * (1 + 1e-9)]
+    return [0.0] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])] + ([2 * distinct[-1]] if distinct else [])
+
+
+class LwiqAllocator(Allocator):
+    name, needs = "lwiq", ("analysis",)
+
+    def family(self, ctx, planner):
+        scores = ctx.analysis.scores
+        missing = [lay.name for lay in planner.active if lay.name not in scores]
+        if missing:
+            raise UserError(f"the analysis has no score for layer(s) {', '.join(missing)}; re-run 'ttcompile analyze'")
+        steps = {(j - 0.5) / (scores[n] * cap) for n, caps in planner.caps.items() for cap in caps
+                 for j in range(2, cap + 1)}
+        fam = Family("alpha", _midpoints(steps),
+                     lambda a: {n: scaled_ranks(caps, a * scores[n]) for n, caps in planner.caps.items()})
+        a = ctx.analysis
+        info = {"analysis": {"model_sha256": a.model_sha256, "time_s": a.time_s, "calibration": a.calibration,
+                             "formula": a.formula, "epsilon": a.epsilon},
+                "mapping": RANK_MAPPING + ", x_l = alpha * score_l"}
+        return fam, {n: scores[n] for n in planner.caps}, info
+
+
+def uniform_table(planner: Planner) -> dict[str, tuple[list[float], list[list[int]]]]:
+    """Per layer: realized params ratios and the ranks of uniform rank 1, 2, .. (distinct rank lists)."""
+    table = {}
+    for lay in planner.active:
+        ratios, ranks = [], []
+        for r in range(1, max(planner.caps[lay.name]) + 1):
+            rk = planner.fmt.uniform_ranks(lay, planner.modes[lay.name], r)
+            if ranks and rk == ranks[-1]:
+                break
+            ratios.append(planner.layer(lay, rk).params / lay.params)
+            ranks.append(rk)
+        table[lay.name] = (ratios, ranks)
+    return table
+
+
+def ranks_at_ratio(entry: tuple[list[float], list[list[int]]], rho: float) -> list[int]:
+    """Largest uniform rank whose params ratio is <= rho (the first, rank 1, at least)."""
+    ratios, ranks = entry
+    fits = [i for i, q in enumerate(ratios) if q <= rho]
+    return ranks[fits[-1] if fits else 0]
+
+
+class UniformAllocator(Allocator):
+    name = "uniform"
+
+    def family(self, ctx, planner):
+        table = uniform_table(planner)
+        values = sorted({q for ratios, _ in table.values() for q in ratios})
+        return Family("ratio", values, lambda rho: {n: ranks_at_ratio(e, rho) for n, e in table.items()}), {}, {}
+
+
+class EnergyAllocator(Allocator):
+    name, needs = "energy", ("model",)
+
+    def family(self, ctx, planner):
+        energy = {}
+        for lay in planner.active:
+            w, _ = dense_weight(ctx.model, lay)
+            s2 = np.linalg.svd(w.reshape(w.shape[0], -1), compute_uv=False) ** 2
+            energy[lay.name] = np.cumsum(s2) / s2.sum()
+
+        def ranks(tau: float) -> dict[str, list[int]]:
+            out = {}
+            for n, e in energy.items():
+                m = min(int(np.searchsorted(e, tau, side="left")) + 1, len(e))
+                out[n] = scaled_ranks(planner.caps[n], m / len(e))
+            return out
+
+        values = sorted({float(v) for e in energy.values() for v in e})
+        return Family("energy", values, ranks), {}, {"mapping": RANK_MAPPING + ", x_l = m_l(tau) / rank(W_l)"}
+
+
+def _accuracy(proto_bytes: bytes, calib: Calibration, labels: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy of a serialized model on the calibration set, and its predictions ``(N,)``."""
+    proto = onnx.ModelProto.FromString(proto_bytes)
+    runner = BatchRunner(proto_bytes, model_input(proto), [proto.graph.output[0].name], batch)
+    pred = np.empty(len(calib.x), dtype=np.int64)
+    for idx, out in runner.batches(calib.x, np.arange(len(calib.x))):
+        pred[idx] = np.argmax(next(iter(out.values())), axis=1)
+    return float((pred == labels).mean()) if labels is not None else 1.0, pred
+
+
+class GreedyAllocator(Allocator):
+    name, needs = "greedy", ("model", "calibration")
+    ratios = GREEDY_RATIOS
+
+    def family(self, ctx, planner):
+        calib, table = ctx.calibration, uniform_table(planner)
+        original = to_proto(ctx.model).SerializeToString()
+        ref_acc, pred = _accuracy(original, calib, calib.y, ctx.batch)
+        labels = calib.y if calib.y is not None else pred
+        options: dict[str, list[tuple[float, list[int], float]]] = {}
+        todo = [(lay, rho) for lay in planner.active for rho in self.ratios]
+        for lay, rho in tqdm(todo, desc="greedy", unit="eval", disable=not ctx.progress):
+            lp = planner.layer(lay, ranks_at_ratio(table[lay.name], rho))
+            opts = options.setdefault(lay.name, [])
+            if lp.action != "compress" or (opts and opts[-1][1] == lp.ranks):
+                continue
+            model = ir.from_proto(onnx.ModelProto.FromString(original))
+            rewrite_layer(model, lp)
+            acc, _ = _accuracy(to_proto(model).SerializeToString(), calib, labels, ctx.batch)
+            opts.append((rho, lp.ranks, ref_acc - acc))
+
+        def ranks(delta: float) -> dict[str, list[int] | None]:
+            return {n: next((rk for _, rk, d in opts if d <= delta), None) for n, opts in options.items()}
+
+        drops = sorted({d for opts in options.values() for _, _, d in opts}, reverse=True)
+        values = drops + [drops[-1] - 1.0] if drops else [0.0]
+        info = {"greedy": {"ratios": list(self.ratios), "reference_accuracy": ref_acc,
+                           "labels": "given" if calib.y is not None else "model top-1 predictions",
+                           "drops": {n: [[rho, d] for rho, _, d in opts] for n, opts in options.items()}}}
+        return Family("accuracy_drop", values, ranks), {n: o[0][2] for n, o in options.items() if o}, info
+
+
+ALLOCATORS: dict[str, Allocator] = {a.name: a for a in (LwiqAllocator(), UniformAllocator(), EnergyAllocator(),
+                                                         GreedyAllocator())}
+
+
+def allocate(name: str, ctx: Context, budget) -> Plan:
+    """Plan meeting ``budget`` (a ``budget.Budget``) with allocator ``name``; settings record knob, sizes, time."""
+    if name not in ALLOCATORS:
+        raise UserError(f"unknown allocator {name!r}: choose one of {', '.join(ALLOCATORS)}")
+    alloc = ALLOCATORS[name]
+    for need in alloc.needs:
+        if getattr(ctx, need) is None:
+            raise UserError(f"allocator {name} needs {need} (see --calib / --analysis)")
+    start = time.perf_counter()
+    planner = Planner(ctx.layers, ctx.fmt, ctx.modes, ctx.allow_more_macs)
+    family, scores, info = alloc.family(ctx, planner)
+    sol = solve(planner, family, budget)
+    elapsed = time.perf_counter() - start
+    plans = [replace(lp, score=scores.get(lp.name)) for lp in sol.plans]
+    settings = {"format": ctx.fmt.name, "allocator": name, "allow_more_macs": ctx.allow_more_macs,
+                "knob": {"name": sol.knob, "value": sol.value}, "budget": sol.report,
+                "search_time_s": round(elapsed, 4), **info}
+    return Plan(ctx.model_path, ctx.model_sha256, settings, plans)
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budgeted rank selection")
+    g.add_argument("--budget", help="params=F and/or macs=F: F <= 1 keeps that fraction of the compressible "
+                                    "layers' total, F > 1 is an absolute count (e.g. params=0.1,macs=0.5)")
+    g.add_argument("--allocator", choices=sorted(ALLOCATORS), help="rank allocator for --budget (default lwiq)")
+    g.add_argument("--analysis", help="LWIQ scores from 'ttcompile analyze' (no model run needed)")
+    g.add_argument("--calib", help="calibration data (.npz with x[, y] or a dataset spec) for lwiq/greedy")
+    g.add_argument("--calib-batch", type=int, default=256, help="samples per ORT run on calibration data")
+
+
+def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer], modes: dict | None
+                   ) -> Plan | None:
+    """The budgeted plan the command-line options ask for; None without ``--budget``."""
+    if not getattr(args, "budget", None):
+        given = [f"--{k.replace('_', '-')}" for k in ("allocator", "analysis", "calib") if getattr(args, k, None)]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply with --budget")
+        return None
+    if args.rank is not None or args.ratio is not None or args.force:
+        raise UserError("--budget replaces --rank/--ratio/--force; give one or the other")
+    try:
+        fmt = get_format(args.format)
+    except KeyError:
+        raise UserError(f"unknown format {args.format!r}") from None
+    name = args.allocator or "lwiq"
+    ctx = Context(args.model, file_sha256(args.model), layers, fmt, modes, args.allow_more_macs, model=model,
+                  batch=args.calib_batch, progress=not getattr(args, "quiet", False))
+    if name == "lwiq":
+        if args.analysis:
+            ctx.analysis = Analysis.load(args.analysis)
+            ctx.analysis.check_model(args.model)
+        elif args.calib:
+            ctx.analysis = analyze(args.model, args.calib, batch=args.calib_batch, progress=ctx.progress)
+        else:
+            raise UserError("--allocator lwiq needs --analysis A.json (from 'ttcompile analyze') or --calib DATA")
+    elif args.analysis:
+        raise UserError(f"--analysis is for the lwiq allocator, not {name}")
+    if name == "greedy":
+        if not args.calib:
+            raise UserError("--allocator greedy needs --calib DATA")
+        ctx.calibration = load_calibration(args.calib, to_proto(model))
+    return allocate(name, ctx, parse_budget(args.budget))
+
+
+def describe(plan: Plan) -> str:
+    """One line: allocator, knob, achieved fraction of each budget, search time."""
+    s = plan.settings
+    rep = s["budget"]
+    sizes = ", ".join(f"{m} {rep['achieved'][m]} = {rep['fractions'][m]:.2%} of {rep['base'][m]} "
+                      f"({rep['of_target'][m]:.1%} of target)" for m in rep["targets"])
+    capped = (f"; MAC-capped (larger ranks would need more MACs than dense, --allow-more-macs lifts it): "
+              f"{', '.join(rep['mac_capped'])}" if rep["mac_capped"] else "")
+    return (f"allocator {s['allocator']} ({s['format']}): {s['knob']['name']} = {s['knob']['value']:.6g}; "
+            f"{sizes}; search {s['search_time_s']:.3f} s{capped}")

@@ -1,0 +1,251 @@
+"""Budgets (``params=0.1``, ``macs=0.5``, both, or absolute counts) and the one-knob solver.
+
+Every allocator reduces rank selection to a one-parameter family of per-layer rank choices, ordered
+from the most to the least compressed (LWIQ's alpha, the uniform ratio, the energy threshold, the
+greedy accuracy-drop threshold). ``solve`` bisects over the family's candidate knob values for the
+least compressed plan that still fits every budget. Budgets count the *compressible* layers only
+(those the format can rewrite): a layer left dense counts its dense params/MACs, a compressed one its
+cost-model params/MACs (``Format.cost`` of the realized chain, per sample at batch 1).
+
+The bisection keeps the invariant "candidate ``lo`` fits, ``hi`` does not", so the returned plan
+always fits even where a realization change makes the size slightly non-monotone in the knob.
+Unless ``allow_more_macs``, a layer never gets more MACs than dense: its ranks stop growing at its
+MAC limit (``MacCapped``) and a rewrite that would still need more MACs is left dense (``layer_plan``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ttcompile.errors import UserError
+from ttcompile.layers import Layer
+from ttcompile.passes.base import Format
+from ttcompile.plan import LayerPlan, layer_plan
+
+METRICS = ("params", "macs")
+
+
+class BudgetInfeasible(UserError):
+    """Even the most compressed plan of the family exceeds the budget."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Budget per metric: a fraction of the compressible total when <= 1, else an absolute count."""
+
+    params: float | None = None
+    macs: float | None = None
+
+    def __str__(self) -> str:
+        return ",".join(f"{m}={getattr(self, m):g}" for m in METRICS if getattr(self, m) is not None)
+
+    def targets(self, base: dict[str, int | None]) -> dict[str, float]:
+        """Absolute target per budgeted metric, given the compressible totals ``base``."""
+        out = {}
+        for m in METRICS:
+            v = getattr(self, m)
+            if v is None:
+                continue
+            if base[m] is None:
+                raise UserError(f"a {m} budget needs every layer's {m}, and some are unknown "
+                                "(shape inference did not resolve them; try --input-shape)")
+            out[m] = v * base[m] if v <= 1 else v
+        return out
+
+
+def parse_budget(spec: str) -> Budget:
+    """``"params=0.1"``, ``"macs=0.5"``, ``"params=0.1,macs=0.5"``, ``"params=20000"`` -> Budget."""
+    values: dict[str, float] = {}
+    for part in spec.replace(" ", "").split(","):
+        key, sep, text = part.partition("=")
+        try:
+            if not sep or key not in METRICS or key in values:
+                raise ValueError
+            values[key] = float(text)
+        except ValueError:
+            raise UserError(f"--budget {spec!r}: expected params=F and/or macs=F (comma separated), F a fraction "
+                            "in (0, 1] or an absolute count, e.g. params=0.1,macs=0.5") from None
+        if not values[key] > 0:
+            raise UserError(f"--budget {spec!r}: {key} must be positive")
+    return Budget(**values)
+
+
+def scaled_ranks(caps: list[int], x: float) -> list[int]:
+    """``r_k = clip(floor(x * R_k + 1/2), 1, R_k)`` for caps ``R_k`` (round half up; boundary caps of 1 stay 1)."""
+    return [min(max(int(x * cap + 0.5), 1), cap) for cap in caps]
+
+
+@dataclass
+class Family:
+    """Knob values (most compressed plan first) and the per-layer ranks each gives (None: keep dense)."""
+
+    knob: str
+    values: list[float]
+    ranks: Callable[[float], dict[str, list[int] | None]]
+
+
+class Planner:
+    """Costs rank choices for one format (cached), splitting layers into budgeted and skipped ones."""
+
+    def __init__(self, layers: list[Layer], fmt: Format, modes: dict[str, dict] | None = None,
+                 allow_more_macs: bool = False):
+        self.fmt, self.allow_more_macs = fmt, allow_more_macs
+        self.layers = layers
+        self.skipped = {layer.name: layer.skip or fmt.supports(layer) for layer in layers}
+        self.active = [layer for layer in layers if not self.skipped[layer.name]]
+        if not self.active:
+            raise UserError(f"no layer can be rewritten with format {fmt.name}")
+        try:
+            self.modes = {lay.name: (modes or {}).get(lay.name) or fmt.default_modes(lay) for lay in self.active}
+            self.caps = {lay.name: fmt.max_ranks(lay, self.modes[lay.name]) for lay in self.active}
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self._cache: dict[tuple[str, tuple[int, ...]], LayerPlan] = {}
+        self.evaluations = 0
+
+    def layer(self, layer: Layer, ranks: list[int] | None) -> LayerPlan:
+        """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``)."""
+        if ranks is None:
+            return LayerPlan(layer, "dense", reason="the allocator keeps it dense")
+        key = (layer.name, tuple(ranks))
+        if key not in self._cache:
+            self._cache[key] = layer_plan(layer, self.fmt, ranks, self.modes[layer.name],
+                                          allow_more_macs=self.allow_more_macs)
+        return self._cache[key]
+
+    def plan(self, ranks: dict[str, list[int] | None]) -> list[LayerPlan]:
+        """LayerPlans of all layers in order (skipped ones as ``skip``)."""
+        self.evaluations += 1
+        return [LayerPlan(lay, "skip", reason=self.skipped[lay.name]) if self.skipped[lay.name]
+                else self.layer(lay, ranks[lay.name]) for lay in self.layers]
+
+    def base(self) -> dict[str, int | None]:
+        """Dense params/MACs of the budgeted layers (MACs None when any is unknown)."""
+        macs = [lay.macs for lay in self.active]
+        return {"params": sum(lay.params for lay in self.active), "macs": None if None in macs else sum(macs)}
+
+    @staticmethod
+    def size(plans: list[LayerPlan]) -> dict[str, int]:
+        """Params and MACs of the budgeted layers of ``plans`` (compressed: cost model; dense: as is)."""
+        kept = [lp for lp in plans if lp.action != "skip"]
+        comp = [lp.action == "compress" for lp in kept]
+        return {"params": sum(lp.params if c else lp.layer.params for lp, c in zip(kept, comp)),
+                "macs": sum((lp.macs if c else lp.layer.macs) or 0 for lp, c in zip(kept, comp))}
+
+
+@dataclass
+class Solution:
+    plans: list[LayerPlan]
+    knob: str
+    value: float
+    report: dict  # base, targets, achieved sizes and fractions, MAC-capped layers, evaluations
+
+
+MAC_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense"
+
+
+class MacCapped:
+    """``family``'s ranks by candidate index, each layer's index capped at its MAC limit.
+
+    The MAC limit of a layer is the last candidate whose ranks for it need no more MACs than dense
+    (bisection, MACs taken as non-decreasing along the family). Beyond it the layer keeps those ranks
+    while the others grow, instead of falling back to dense and blocking the budget. Without a
+    limit (``allow_more_macs`` or unknown MACs) the layer follows the family.
+    """
+
+    def __init__(self, planner: Planner, family: Family):
+        self.planner, self.family = planner, family
+        self._ranks: dict[int, dict[str, list[int] | None]] = {}
+        last = len(family.values) - 1
+        self.limits = {lay.name: last if planner.allow_more_macs or lay.macs is None else self._limit(lay)
+                       for lay in planner.active}
+
+    def _at(self, i: int) -> dict[str, list[int] | None]:
+        if i not in self._ranks:
+            self._ranks[i] = self.family.ranks(self.family.values[i])
+        return self._ranks[i]
+
+    def _mac_ok(self, lay: Layer, i: int) -> bool:
+        ranks = self._at(i)[lay.name]
+        return ranks is None or self.planner.layer(lay, ranks).macs <= lay.macs
+
+    def _limit(self, lay: Layer) -> int:
+        lo, hi = 0, len(self.family.values) - 1
+        if self._mac_ok(lay, hi):
+            return hi
+        while hi - lo > 1:  # hi fails; lo passes (or is 0)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._mac_ok(lay, mid) else (lo, mid)
+        return lo
+
+    def ranks(self, i: int) -> dict[str, list[int] | None]:
+        return {name: self._at(min(i, limit))[name] for name, limit in self.limits.items()}
+
+
+def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
+    """Least compressed plan of ``family`` within ``budget``.
+
+    Phase 1 bisects ``family.values`` (MAC-capped) for the last candidate ``lo`` that fits. Phase 2
+    (fill) keeps walking the candidates after ``lo``: at each, the layers whose ranks change take the
+    new ranks if the plan still fits, else they are frozen where they are while the others go on. So
+    the plan is the knob's plan except that layers whose next step did not fit stop early; phase 2
+    only spends the slack that rank granularity left after phase 1.
+    """
+    base = planner.base()
+    targets = budget.targets(base)
+    if not targets:
+        raise UserError("empty budget: give params=... and/or macs=...")
+    capped = MacCapped(planner, family)
+
+    def fits(ranks: dict[str, list[int] | None]) -> tuple[bool, list[LayerPlan], dict[str, int]]:
+        plans = planner.plan(ranks)
+        size = planner.size(plans)
+        return all(size[m] <= t for m, t in targets.items()), plans, size
+
+    ok, plans, size = fits(capped.ranks(0))
+    if not ok:
+        need = ", ".join(f"{m} {size[m]} > {targets[m]:.0f} ({size[m] / base[m]:.2%} of {base[m]} needed)"
+                         for m in targets if size[m] > targets[m])
+        raise BudgetInfeasible(f"budget {budget} is infeasible for format {planner.fmt.name}: even the most "
+                               f"compressed {family.knob} plan keeps {need}")
+    lo, hi = 0, len(family.values)
+    best = (plans, size)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok, plans, size = fits(capped.ranks(mid))
+        if ok:
+            lo, best = mid, (plans, size)
+        else:
+            hi = mid
+    knob_only = best[1]
+    current, frozen = capped.ranks(lo), set()
+    for i in range(lo + 1, len(family.values)):
+        step = {n: r for n, r in capped.ranks(i).items() if n not in frozen and r != current[n]}
+        if not step:
+            continue
+        ok, plans, size = fits({**current, **step})
+        if ok:
+            current, best = {**current, **step}, (plans, size)
+        else:
+            frozen |= step.keys()
+            if len(frozen) == len(current):
+                break
+    plans, size = best
+    capped_names = [n for n, limit in capped.limits.items() if limit < len(family.values) - 1 and n not in frozen]
+    plans = [replace(lp, reason=MAC_CAP_NOTE) if lp.name in capped_names and lp.action == "compress" else lp
+             for lp in plans]
+    report = {
+        "budget": str(budget),
+        "base": base,
+        "targets": {m: round(t, 1) for m, t in targets.items()},
+        "achieved": size,
+        "fractions": {m: size[m] / base[m] for m in METRICS if base[m]},
+        "of_target": {m: size[m] / t for m, t in targets.items()},
+        "knob_only": {"of_target": {m: knob_only[m] / t for m, t in targets.items()}, "achieved": knob_only},
+        "fill_frozen": sorted(frozen),
+        "mac_capped": capped_names,
+        "evaluations": planner.evaluations,
+        "candidates": len(family.values),
+    }
+    return Solution(plans, family.knob, family.values[lo], report)
