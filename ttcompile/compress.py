@@ -40,12 +40,16 @@ def _add_bias(b: ChainBuilder, y: ir.Value, node: ir.Node, layer: Layer, bias: n
     return b.op("Add", [y, c])
 
 
-def rewrite_layer(model: ir.Model, lp: LayerPlan) -> float:
-    """Replace one node by its chain; returns the relative reconstruction error."""
+def rewrite_layer(model: ir.Model, lp: LayerPlan, cores: list[np.ndarray] | None = None) -> float:
+    """Replace one node by its chain; returns the relative reconstruction error.
+
+    ``cores`` (e.g. trained ones) are emitted as given; by default they are decomposed from the weight.
+    """
     layer, fmt = lp.layer, get_format(lp.format)
     node = find_node(model, layer.name)
     weight, bias = dense_weight(model, layer)
-    cores = fmt.decompose(weight, layer, lp.modes, lp.ranks)
+    if cores is None:
+        cores = fmt.decompose(weight, layer, lp.modes, lp.ranks)
     error = float(np.linalg.norm(fmt.reconstruct(cores, layer, lp.modes) - weight) / max(np.linalg.norm(weight), 1e-30))
     b = ChainBuilder(model.graph, node.name, dtype=node.inputs[1].const_value.numpy().dtype)
     x = node.inputs[0]
@@ -79,14 +83,18 @@ def check_plan_matches(model: ir.Model, plan: Plan) -> None:
             raise UserError(f"plan layer {lp.layer.name!r}: {exc}") from None
 
 
-def apply_plan(model: ir.Model, plan: Plan, progress: bool = True) -> list[RewriteResult]:
-    """Rewrite in place. A layer that fails to rewrite is left dense and reported, never fatal."""
+def apply_plan(model: ir.Model, plan: Plan, progress: bool = True,
+               cores: dict[str, list[np.ndarray]] | None = None) -> list[RewriteResult]:
+    """Rewrite in place. A layer that fails to rewrite is left dense and reported, never fatal.
+
+    ``cores`` maps layer names to cores to emit instead of decomposing the weight.
+    """
     check_plan_matches(model, plan)
     results = []
     todo = [lp for lp in plan.layers if lp.action == "compress"]
     for lp in tqdm(todo, desc="rewriting", unit="layer", disable=not progress or not todo):
         try:
-            lp.error = rewrite_layer(model, lp)
+            lp.error = rewrite_layer(model, lp, (cores or {}).get(lp.name))
             results.append(RewriteResult(lp.name, True, lp.error))
         except Exception as exc:  # keep going: report the layer and leave it dense
             lp.action, lp.reason = "dense", f"rewrite failed: {type(exc).__name__}: {exc}"
