@@ -112,3 +112,27 @@ def test_shipped_models(path):
     proto = onnx.load(path)
     inputs = random_inputs(proto, batch=4)
     assert_parity(proto, inputs)
+
+
+LENET5 = MODELS_DIR / "lenet5_mnist.onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LENET5.exists(), reason="needs the trained models/lenet5_mnist.onnx")
+def test_finetune_recovers_accuracy_of_compressed_lenet5(tmp_path):
+    from ttcompile.models.data import Dataset, load_dataset
+    from ttcompile.train.finetune import finetune
+
+    out = tmp_path / "lenet5_tt.onnx"
+    assert main(["compress", str(LENET5), "-o", str(out), "--format", "tt", "--rank", "2", "--force",
+                 "--quiet"]) == 0
+    train, val = load_dataset("mnist:train"), load_dataset("mnist:val")
+    train = Dataset(train.x[:8000], train.y[:8000], "mnist:train[:8000]")
+    val = Dataset(val.x[:2000], val.y[:2000], "mnist:val[:2000]")
+    tuned, history = finetune(onnx.load(out), onnx.load(LENET5), train, val, epochs=2, lr=2e-3,
+                              progress=False, threads=1)
+    best = history.epochs[history.best_epoch - 1].val
+    assert best > history.initial_val + 0.05
+    onnx.checker.check_model(tuned, full_check=True)
+    accuracy = (run_ort(tuned, {"input": val.x})[0].argmax(1) == val.y).mean()
+    assert accuracy == pytest.approx(best)
