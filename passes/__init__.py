@@ -1,4 +1,7 @@
 """Rewrite passes, one decomposition format per module; importing this registers them all."""
 
-from ttcompile.passes import tt  # noqa: F401
+from ttcompile.passes import (
+    tr,  # noqa: F401
+    tt,  # noqa: F401
+)
 from ttcompile.passes.base import FORMATS, Format, get_format  # noqa: F401

@@ -257,6 +257,15 @@ def _emit_conv(b: ChainBuilder, x: ir.Value, cores: list[np.ndarray], layer: Lay
 # ---- the format --------------------------------------------------------------------------------
 
 
+def cheapest_option(fmt: Format, layer: Layer, modes: dict, ranks: list[int], candidates: list[dict]) -> dict:
+    """Fastest candidate realization (``Cost.speed_score``) storing at most MERGE_PARAM_SLACK times the
+    parameters of ``candidates[0]``, the plain chain."""
+    costs = [fmt.cost(layer, modes, ranks, o) for o in candidates]
+    plain = costs[0].params
+    allowed = [(c.speed_score, c.params, i) for i, c in enumerate(costs) if c.params <= MERGE_PARAM_SLACK * plain]
+    return candidates[min(allowed)[2]]
+
+
 @register
 class TTFormat(Format):
     name = "tt"
@@ -296,11 +305,7 @@ class TTFormat(Format):
         return [{"direction": r, "split": s} for s in splits for r in ("lr", "rl")]
 
     def realize(self, layer: Layer, modes: dict, ranks: list[int]) -> dict:
-        candidates = self._options(layer, modes)
-        costs = [self.cost(layer, modes, ranks, o) for o in candidates]
-        plain = costs[0].params  # first candidate: the unmerged chain
-        allowed = [(c.speed_score, c.params, i) for i, c in enumerate(costs) if c.params <= MERGE_PARAM_SLACK * plain]
-        return candidates[min(allowed)[2]]
+        return cheapest_option(self, layer, modes, ranks, self._options(layer, modes))
 
     def cost(self, layer: Layer, modes: dict, ranks: list[int], options: dict | None = None) -> Cost:
         options = options if options is not None else self.realize(layer, modes, ranks)
