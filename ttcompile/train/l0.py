@@ -8,6 +8,9 @@ nothing to gate). The gates multiply the LEFT core's right-bond axis: ``G_k <- G
 * eval: ``z = clamp(μ + 1.2, 0, 1)``; the learned rank of a bond is ``#{z > 0}``;
 * ``μ`` starts at ``0.01·N(0, 1)`` (gates open); the last entry of every bond is not gated (z = 1),
   so every rank stays >= 1;
+* ``μ = mu_scale · ν`` with ``ν`` the trained Parameter: Adam's steps are about lr in ``ν``, so μ moves
+  ``mu_scale`` times faster than the weights (1: the paper; a gate needs μ < -1.2 to close, over a
+  thousand steps at lr 1e-3, too slow for short fine-tuning runs);
 * penalty: ``λ · Σ_layers Σ_bonds mean_j Φ((μ_j + 1.2) / σ)`` (Φ the standard normal CDF, the mean over
   the gated entries of a bond), the expected ℓ0 norm of the gates, per bond.
 
@@ -43,18 +46,19 @@ class L0Gates(nn.Module, TrainHook):
     """
 
     def __init__(self, space: CoreSpace, lam: float, sigma: float = 0.5, target_cr: float | None = None,
-                 base_params: int | None = None, check_every: int = 50, log: Callable[[str], None] | None = None):
+                 base_params: int | None = None, mu_scale: float = 1.0, check_every: int = 50,
+                 log: Callable[[str], None] | None = None):
         super().__init__()
         if target_cr is not None and base_params is None:
             raise ValueError("a target compression needs base_params")
         self.space, self.lam, self.sigma = space, lam, sigma
         self.target_cr, self.base_params, self.check_every = target_cr, base_params, check_every
-        self.log = log
-        self.mu = nn.ParameterDict()
+        self.log, self.mu_scale = log, mu_scale
+        self.nu = nn.ParameterDict()
         for name in space.plans:
             for k, core in enumerate(space.layer_cores(name)):
                 if core.shape[-1] > 1:
-                    self.mu[self._key(name, k)] = nn.Parameter(0.01 * torch.randn(core.shape[-1] - 1))
+                    self.nu[self._key(name, k)] = nn.Parameter(0.01 / mu_scale * torch.randn(core.shape[-1] - 1))
         self.register_buffer("frozen", torch.tensor(False))
         self._training: Callable[[], bool] = lambda: self.training
         self._calls = 0
@@ -68,6 +72,11 @@ class L0Gates(nn.Module, TrainHook):
         self._training = lambda: module.training
         self._apply_frozen()
 
+    @property
+    def mu(self) -> dict[str, torch.Tensor]:
+        """``μ`` of every gated bond."""
+        return {key: self.mu_scale * nu for key, nu in self.nu.items()}
+
     def gate(self, mu: torch.Tensor) -> torch.Tensor:
         """Gate values of one bond (the ungated last entry appended)."""
         z = mu + SHIFT
@@ -78,7 +87,7 @@ class L0Gates(nn.Module, TrainHook):
     def gated(self, name: str, cores: list[torch.Tensor]) -> list[torch.Tensor]:
         """``core_map`` of the space: every gated bond's left core times its gates (last axis)."""
         keys = [self._key(name, k) for k in range(len(cores))]
-        return [c * self.gate(self.mu[key]) if key in self.mu else c for c, key in zip(cores, keys)]
+        return [c * self.gate(self.mu_scale * self.nu[key]) if key in self.nu else c for c, key in zip(cores, keys)]
 
     def eval_gates(self) -> dict[str, np.ndarray]:
         """Deterministic gate values (``clamp(μ + 1.2, 0, 1)``, last entry 1) per bond key."""
@@ -89,7 +98,7 @@ class L0Gates(nn.Module, TrainHook):
         self._calls += 1
         if self.target_cr is not None and not bool(self.frozen) and self._calls % self.check_every == 0:
             self._check_target()
-        if bool(self.frozen) or self.lam == 0 or not len(self.mu):
+        if bool(self.frozen) or self.lam == 0 or not len(self.nu):
             return None
         return self.lam * sum(torch.special.ndtr((mu + SHIFT) / self.sigma).mean() for mu in self.mu.values())
 
@@ -122,8 +131,8 @@ class L0Gates(nn.Module, TrainHook):
                 self.log(f"l0: target compression {self.target_cr}x reached ({self.compression():.1f}x), gates frozen")
 
     def _apply_frozen(self) -> None:
-        for mu in self.mu.values():
-            mu.requires_grad_(not bool(self.frozen))
+        for nu in self.nu.values():
+            nu.requires_grad_(not bool(self.frozen))
 
     def load_state_dict(self, state, strict: bool = True):
         result = super().load_state_dict(state, strict)

@@ -90,9 +90,11 @@ def replan(lp: LayerPlan, ranks: list[int], smallest: bool = False) -> LayerPlan
 
 
 class CoreSpace(nn.Module, TrainHook):
-    """Cores of every compressed layer of ``plan`` as Parameters (``cores[layer_name]``)."""
+    """Cores of every compressed layer of ``plan`` as Parameters, decomposed from ``model``'s weights or
+    taken from ``cores`` (layer name -> cores, e.g. pruned ones at the plan's ranks)."""
 
-    def __init__(self, model: onnx.ModelProto, plan: Plan, balance: bool = True):
+    def __init__(self, model: onnx.ModelProto, plan: Plan, cores: dict[str, list[np.ndarray]] | None = None,
+                 balance: bool = True):
         super().__init__()
         for lp in compressed_layers(plan):
             if lp.format not in RANK_AXES:
@@ -103,11 +105,14 @@ class CoreSpace(nn.Module, TrainHook):
         self.cores = nn.ModuleDict()
         self._keys = {name: f"l{i}" for i, name in enumerate(self.plans)}
         for name, lp in self.plans.items():
-            weight, _ = dense_weight(ir_model, lp.layer)
-            cores = get_format(lp.format).decompose(weight, lp.layer, lp.modes, lp.ranks)
-            cores = balance_norms(cores) if balance else cores
+            if cores is not None and name in cores:
+                init = cores[name]
+            else:
+                init = get_format(lp.format).decompose(dense_weight(ir_model, lp.layer)[0], lp.layer, lp.modes,
+                                                       lp.ranks)
+            init = balance_norms(init) if balance else init
             self.cores[self._keys[name]] = nn.ParameterList(
-                nn.Parameter(torch.tensor(np.asarray(c), dtype=torch.float32)) for c in cores)
+                nn.Parameter(torch.tensor(np.asarray(c), dtype=torch.float32)) for c in init)
         self.core_map: CoreMap | None = None
 
     def layer_cores(self, name: str) -> list[torch.Tensor]:
