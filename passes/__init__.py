@@ -1,6 +1,7 @@
 """Rewrite passes, one decomposition format per module; importing this registers them all."""
 
 from ttcompile.passes import (
+    stp,  # noqa: F401
     tr,  # noqa: F401
     tt,  # noqa: F401
 )
