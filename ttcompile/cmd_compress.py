@@ -26,6 +26,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=64, help="how many inputs to compare on (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_arguments(p)
+    add_training_arguments(p)
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (core-space distillation from MODEL, optional learned rank selection)")
+    g.add_argument("--train", metavar="D", help="train the compressed cores on D (path.npz | mnist[:split] | ...)")
+    g.add_argument("--val", metavar="D", help="validation data; the best fine-tuning epoch is kept")
+    g.add_argument("--finetune-epochs", type=int, default=10, help="epochs at the final ranks (default 10)")
+    g.add_argument("--rank-select", choices=["l0", "admm"], help="learn ranks with l0 gates, or ADMM on the dense "
+                   "model, before fine-tuning")
+    g.add_argument("--select-epochs", type=int, help="epochs of the rank-selection phase (default: finetune-epochs)")
+    g.add_argument("--lambda", dest="lam", type=float, default=0.2, help="l0 penalty weight (default 0.2)")
+    g.add_argument("--sigma", type=float, default=0.5, help="l0 gate noise (default 0.5)")
+    g.add_argument("--mu-scale", type=float, default=1.0, help="l0 gate speed: mu = scale * trained value")
+    g.add_argument("--target-cr", type=float, help="l0: freeze the gates once the whole model is compressed X times")
+    g.add_argument("--rho", type=float, default=1e-3, help="ADMM penalty (default 1e-3)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 0)")
+    g.add_argument("--threads", type=int, default=1, help="torch/ORT threads while training (default 1)")
 
 
 def plan_path(output: str | Path) -> Path:
@@ -53,20 +71,35 @@ def compress_model(args: argparse.Namespace):
         model, plan = load_model(src), Plan.load(args.plan)
     else:
         model, plan = build_plan(args)
+    if args.train:
+        from ttcompile.rank_select import train_to_file
+
+        return train_to_file(args, model, plan, out)
+    if args.rank_select:
+        raise UserError("--rank-select needs training data (--train)")
     results, proto = compress_to_file(model, plan, out, progress=not args.quiet)
     return plan, results, proto
 
 
-def compress_to_file(model: ir.Model, plan: Plan, out: Path, progress: bool = True):
-    """Apply ``plan`` to ``model``, check it, write OUT and OUT's plan atomically."""
+def check_some_compressed(plan: Plan) -> None:
     if not any(lp.action == "compress" for lp in plan.layers):
         reasons = "; ".join(f"{lp.name}: {lp.reason}" for lp in plan.layers)
         raise UserError(f"{plan.model}: no layer would be compressed ({reasons})")
-    results = apply_plan(model, plan, progress=progress)
-    proto = to_proto(model)
+
+
+def save_checked(proto: onnx.ModelProto, plan: Plan, out: Path) -> None:
+    """Check the model, write OUT and OUT's plan atomically."""
     check_model(proto)
     save_model(proto, out)
     plan.save(plan_path(out))
+
+
+def compress_to_file(model: ir.Model, plan: Plan, out: Path, progress: bool = True):
+    """Apply ``plan`` to ``model``, check it, write OUT and OUT's plan atomically."""
+    check_some_compressed(plan)
+    results = apply_plan(model, plan, progress=progress)
+    proto = to_proto(model)
+    save_checked(proto, plan, out)
     return results, proto
 
 

@@ -16,14 +16,19 @@ ONNX model and the plan it was emitted with (the learned ranks for ``l0``).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
+from ttcompile.compress import RewriteResult
 from ttcompile.counting import count_params
 from ttcompile.errors import UserError
+from ttcompile.graph import to_proto
 from ttcompile.models.data import Dataset
 from ttcompile.plan import Plan
 from ttcompile.train.finetune import History, finetune
@@ -110,3 +115,33 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
     model, plan = export_cores(dense, plan, space.numpy_cores(), s.smallest)
     plan.settings["rank_select"] = asdict(s)
     return Outcome(model, plan, histories)
+
+
+def train_to_file(args: argparse.Namespace, model: ir.Model, plan: Plan, out: Path):
+    """``compress --train``: train as the options say, check and write OUT and its plan (with the emitted
+    ranks); returns (plan, rewrite results, model) like ``cmd_compress.compress_model``."""
+    from ttcompile.cmd_compress import check_some_compressed, save_checked
+    from ttcompile.models.data import load_dataset
+
+    check_some_compressed(plan)
+    settings = Settings(method=args.rank_select or "none", epochs=args.finetune_epochs,
+                        select_epochs=args.select_epochs, lam=args.lam, sigma=args.sigma, mu_scale=args.mu_scale,
+                        target_cr=args.target_cr, rho=args.rho, lr=args.lr, threads=args.threads or None)
+    settings.check()
+    dense = to_proto(model)
+    outcome = compress_and_train(dense, dense, plan, load_dataset(args.train),
+                                 load_dataset(args.val) if args.val else None, settings,
+                                 log=lambda line: print(line, flush=True), progress=not args.quiet,
+                                 epoch_hooks=[EpochPrinter()])
+    save_checked(outcome.model, outcome.plan, out)
+    results = [RewriteResult(lp.name, lp.action == "compress", lp.error, lp.reason)
+               for lp in outcome.plan.layers if lp.action == "compress" or (lp.reason or "").startswith("rewrite")]
+    return outcome.plan, results, outcome.model
+
+
+class EpochPrinter(TrainHook):
+    """One line per finished epoch."""
+
+    def on_epoch_end(self, module, stats) -> None:
+        val = "" if stats.val is None else f"  val {stats.val:.4f}"
+        print(f"epoch {stats.epoch}  loss {stats.loss:.4f}{val}  {stats.seconds:.1f}s", flush=True)
