@@ -2,6 +2,7 @@
 
 from ttcompile.passes import (
     stp,  # noqa: F401
+    svd,  # noqa: F401
     tr,  # noqa: F401
     tt,  # noqa: F401
 )
