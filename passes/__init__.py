@@ -5,5 +5,6 @@ from ttcompile.passes import (
     svd,  # noqa: F401
     tr,  # noqa: F401
     tt,  # noqa: F401
+    tucker,  # noqa: F401
 )
 from ttcompile.passes.base import FORMATS, Format, get_format  # noqa: F401
