@@ -1,6 +1,7 @@
 """Rewrite passes, one decomposition format per module; importing this registers them all."""
 
 from ttcompile.passes import (
+    cp,  # noqa: F401
     stp,  # noqa: F401
     svd,  # noqa: F401
     tr,  # noqa: F401
