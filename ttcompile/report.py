@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ttcompile.bench import BenchReport
+from ttcompile.bench import ROUND_QUANTILE, BenchReport
 from ttcompile.graph import write_bytes_atomic
 
 
@@ -31,6 +31,7 @@ def format_table(report: BenchReport) -> str:
         [
             report.models[t.model].name,
             str(t.batch),
+            f"{t.latency_ms:.4g}",
             f"{t.median_ms:.4g}",
             f"{t.p90_ms:.4g}",
             f"{t.throughput:,.0f}",
@@ -39,18 +40,17 @@ def format_table(report: BenchReport) -> str:
         for t in sorted(report.timings, key=lambda t: (t.batch, t.model))
     ]
     data = f"data {report.data} ({report.samples} samples)" if report.data else "random inputs"
-    header = (
-        f"{report.provider}, {report.threads} thread(s), {data}; "
-        f"median of {report.rounds} interleaved rounds; ratios = first model / this model"
-    )
+    header = [
+        f"{report.provider}, {report.threads} thread(s), {data}; ratios = first model / this model",
+        f"latency: median over {report.rounds} interleaved rounds of each round's p{ROUND_QUANTILE} run; "
+        "median, p90: all timed runs",
+    ]
     lines = [
-        header,
+        *header,
         "",
-        *_align(
-            ["model", "params", "MACs/sample", "size", "accuracy", "agree", "params x", "MACs x"], models
-        ),
+        *_align(["model", "params", "MACs/sample", "size", "accuracy", "agree", "params x", "MACs x"], models),
         "",
-        *_align(["model", "batch", "median ms", "p90 ms", "samples/s", "speedup"], timings),
+        *_align(["model", "batch", "latency ms", "median ms", "p90 ms", "samples/s", "speedup"], timings),
     ]
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
@@ -65,10 +65,7 @@ def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
     """First column left-aligned, the others right-aligned, two spaces between columns."""
     widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers))]
     return [
-        "  ".join(
-            cell.ljust(w) if c == 0 else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(r, widths, strict=True))
-        )
+        "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths, strict=True)))
         for r in [headers, *rows]
     ]
 
