@@ -211,4 +211,13 @@ def finish_cost(layer: Layer, params: int, macs: int, nodes: int) -> Cost:
     """Add what every chain carries besides its cores: FC reshapes/transpose and the bias Add."""
     extra_nodes = fc_nodes_outside_chain(layer) if layer.kind != "conv" else 0
     has_add = layer.has_bias
-    return Cost(params + bias_cost(layer) + layer.attrs.get("c_size", 0), macs, nodes + extra_nodes + has_add)
+    return Cost(params + bias_cost(layer) + _gemm_c_params(layer), macs, nodes + extra_nodes + has_add)
+
+
+def _gemm_c_params(layer: Layer) -> int:
+    """Gemm's C when it is not a bias vector: re-added as ``beta * C`` (a constant), or as ``C * beta``
+    with a scalar ``beta`` initializer when C is a graph value."""
+    a = layer.attrs
+    if layer.kind != "gemm" or not layer.has_bias or a.get("bias_vector", True):
+        return 0
+    return a["c_size"] if "c_size" in a else int(a["beta"] != 1.0)

@@ -12,7 +12,7 @@ import math
 import onnx
 
 from ttcompile.errors import UserError
-from ttcompile.shapes import fix_input_dims, static_shapes
+from ttcompile.shapes import static_shapes
 
 _FLOAT_NAMES = (
     "FLOAT",
@@ -85,9 +85,6 @@ def count_macs(
         if node.op_type in MAC_OPS and node.domain in ("", "ai.onnx")
     ]
     shapes = static_shapes(model, batch, input_shapes)
-    needed = {name for _, node in nodes for name in (*node.input[:2], node.output[0])}
-    if not needed <= shapes.keys():
-        shapes = {**_runtime_symbolic_shapes(fix_input_dims(model, batch, input_shapes)), **shapes}
     macs: dict[str, int] = {}
     for index, node in nodes:
         key = node_key(node, index)
@@ -100,26 +97,6 @@ def count_macs(
 def total_macs(model: onnx.ModelProto, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
     """Sum of :func:`count_macs` over the graph."""
     return sum(count_macs(model, batch, input_shapes).values())
-
-
-def _runtime_symbolic_shapes(fixed: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes from ONNX Runtime's symbolic shape inference; {} when it is unavailable or fails."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:
-        return {}
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(fixed)
-    except Exception:  # it raises bare Exceptions on graphs it cannot handle
-        return {}
-    if inferred is None:
-        return {}
-    shapes = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
-    return shapes
 
 
 def _node_macs(node: onnx.NodeProto, key: str, shapes: dict[str, tuple[int, ...]]) -> int:

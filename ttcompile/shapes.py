@@ -69,6 +69,30 @@ def static_shapes(
             shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
     for t in g.initializer:
         shapes[t.name] = tuple(t.dims)
+    if any(out and out not in shapes for node in g.node for out in node.output):
+        # ONNX inference stops at data-dependent chains (Shape -> Cast -> Reshape from TorchScript
+        # exports); ONNX Runtime's symbolic inference often gets through them.
+        shapes = {**runtime_symbolic_shapes(fixed), **shapes}
+    return shapes
+
+
+def runtime_symbolic_shapes(fixed: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes from ONNX Runtime's symbolic shape inference; {} when it is unavailable or fails."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return {}
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(fixed)
+    except Exception:  # it raises bare Exceptions on graphs it cannot handle
+        return {}
+    if inferred is None:
+        return {}
+    shapes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
     return shapes
 
 
