@@ -7,6 +7,7 @@ import os
 
 from ttcompile.bench import ROUND_QUANTILE, BenchReport
 from ttcompile.graph import write_bytes_atomic
+from ttcompile.tables import align, count
 
 
 def format_table(report: BenchReport) -> str:
@@ -17,8 +18,8 @@ def format_table(report: BenchReport) -> str:
     models = [
         [
             m.name,
-            _count(m.params),
-            _count(m.macs_per_sample),
+            count(m.params),
+            count(m.macs_per_sample),
             _bytes(m.file_bytes),
             _pct(m.accuracy),
             _pct(m.agreement),
@@ -48,9 +49,9 @@ def format_table(report: BenchReport) -> str:
     lines = [
         *header,
         "",
-        *_align(["model", "params", "MACs/sample", "size", "accuracy", "agree", "params x", "MACs x"], models),
+        *align(["model", "params", "MACs/sample", "size", "accuracy", "agree", "params x", "MACs x"], models),
         "",
-        *_align(["model", "batch", "latency ms", "median ms", "p90 ms", "samples/s", "speedup"], timings),
+        *align(["model", "batch", "latency ms", "median ms", "p90 ms", "samples/s", "speedup"], timings),
     ]
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
@@ -59,24 +60,6 @@ def format_table(report: BenchReport) -> str:
 def write_json(report: BenchReport, path: str | os.PathLike) -> None:
     """Write ``report.to_dict()`` as JSON; the file is replaced atomically (never left half-written)."""
     write_bytes_atomic(path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
-
-
-def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """First column left-aligned, the others right-aligned, two spaces between columns."""
-    widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers))]
-    return [
-        "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths, strict=True)))
-        for r in [headers, *rows]
-    ]
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(n)
 
 
 def _bytes(n: int) -> str:
