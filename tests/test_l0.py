@@ -69,7 +69,7 @@ def test_export_equals_gated_core_space_model(fmt, builder, tmp_path):
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     pruned = gates.pruned_cores()
-    out, out_plan = export_cores(write_back(module, model), plan, pruned, smallest=True)
+    out, out_plan, _ = export_cores(write_back(module, model), plan, pruned, smallest=True)
     onnx.checker.check_model(out, full_check=True)
     assert {lp.name: lp.ranks for lp in out_plan.layers} == gates.ranks()
     assert any(sum(r) < sum(lp.ranks) for lp, r in zip(plan.layers, gates.ranks().values()))

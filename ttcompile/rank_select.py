@@ -33,7 +33,7 @@ from ttcompile.models.data import Dataset
 from ttcompile.plan import Plan
 from ttcompile.train.finetune import History, finetune
 from ttcompile.train.hooks import TrainHook
-from ttcompile.train.lowrank import CoreSpace, export_cores
+from ttcompile.train.lowrank import CoreSpace, export_cores, plan_for_cores
 
 METHODS = ("none", "l0", "admm")
 
@@ -73,6 +73,7 @@ class Settings:
 class Outcome:
     model: onnx.ModelProto
     plan: Plan
+    results: list[RewriteResult]
     histories: dict[str, History]  # per phase: "select", "finetune"
 
 
@@ -100,7 +101,7 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
         dense, histories["select"] = _finetune(s, dense, teacher, train, None, select_epochs, [gates, *extra],
                                                progress)
         cores = gates.pruned_cores()
-        _, plan = export_cores(dense, plan, cores, s.smallest)
+        plan = plan_for_cores(plan, cores, s.smallest)
         log(f"l0: learned ranks {', '.join(f'{lp.name}:{lp.ranks}' for lp in plan.layers if lp.ranks)}")
     elif s.method == "admm":
         from ttcompile.train.admm import ADMM
@@ -112,9 +113,9 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
     if s.epochs:
         dense, histories["finetune"] = _finetune(s, dense, teacher, train, val, s.epochs, [space, *extra],
                                                  progress)
-    model, plan = export_cores(dense, plan, space.numpy_cores(), s.smallest)
+    model, plan, results = export_cores(dense, plan, space.numpy_cores(), s.smallest)
     plan.settings["rank_select"] = asdict(s)
-    return Outcome(model, plan, histories)
+    return Outcome(model, plan, results, histories)
 
 
 def train_to_file(args: argparse.Namespace, model: ir.Model, plan: Plan, out: Path):
@@ -134,9 +135,7 @@ def train_to_file(args: argparse.Namespace, model: ir.Model, plan: Plan, out: Pa
                                  log=lambda line: print(line, flush=True), progress=not args.quiet,
                                  epoch_hooks=[EpochPrinter()])
     save_checked(outcome.model, outcome.plan, out)
-    results = [RewriteResult(lp.name, lp.action == "compress", lp.error, lp.reason)
-               for lp in outcome.plan.layers if lp.action == "compress" or (lp.reason or "").startswith("rewrite")]
-    return outcome.plan, results, outcome.model
+    return outcome.plan, outcome.results, outcome.model
 
 
 class EpochPrinter(TrainHook):

@@ -22,7 +22,7 @@ import tensorly as tl
 import torch
 from torch import nn
 
-from ttcompile.compress import apply_plan
+from ttcompile.compress import RewriteResult, apply_plan
 from ttcompile.errors import UserError
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, dense_weight
@@ -140,15 +140,20 @@ class CoreSpace(nn.Module, TrainHook):
         return {name: [c.detach().double().numpy() for c in self.layer_cores(name)] for name in self.plans}
 
 
-def export_cores(trained: onnx.ModelProto, plan: Plan, cores: dict[str, list[np.ndarray]],
-                 smallest: bool = False) -> tuple[onnx.ModelProto, Plan]:
-    """Plain compressed model of ``trained`` (the dense graph after core-space training: its weights are
-    ``reconstruct(cores)``, its biases trained) with ``cores`` emitted as given; ranks are read off the
-    cores, so pruned cores give a smaller model. Returns (model, plan with the emitted ranks)."""
+def plan_for_cores(plan: Plan, cores: dict[str, list[np.ndarray]], smallest: bool = False) -> Plan:
+    """``plan`` with every layer in ``cores`` re-planned at the ranks read off its cores."""
     layers = [lp if lp.name not in cores else
               replan(lp, core_ranks(lp.format, [int(c.shape[-1]) for c in cores[lp.name]]), smallest)
               for lp in plan.layers]
-    out_plan = Plan(plan.model, plan.model_sha256, dict(plan.settings), layers)
+    return Plan(plan.model, plan.model_sha256, dict(plan.settings), layers)
+
+
+def export_cores(trained: onnx.ModelProto, plan: Plan, cores: dict[str, list[np.ndarray]],
+                 smallest: bool = False) -> tuple[onnx.ModelProto, Plan, list[RewriteResult]]:
+    """Plain compressed model of ``trained`` (the dense graph after core-space training: its weights are
+    ``reconstruct(cores)``, its biases trained) with ``cores`` emitted as given; ranks are read off the
+    cores, so pruned cores give a smaller model. Returns (model, plan with the emitted ranks, results)."""
+    out_plan = plan_for_cores(plan, cores, smallest)
     model = ir.from_proto(trained)
-    apply_plan(model, out_plan, progress=False, cores=cores)
-    return to_proto(model), out_plan
+    results = apply_plan(model, out_plan, progress=False, cores=cores)
+    return to_proto(model), out_plan, results
