@@ -55,3 +55,28 @@ def test_admm_pipeline_emits_plain_model(tmp_path):
     assert [lp.ranks for lp in out.plan.layers] == [lp.ranks for lp in plan.layers]
     assert set(out.histories) == {"select", "finetune"}
     assert run_ort(out.model, {"x": data.x[:3]})[0].shape == (3, 32)
+
+
+@pytest.mark.parametrize("select", [[], ["--rank-select", "admm", "--rho", "1", "--select-epochs", "1"]])
+def test_cli_compress_with_training(select, tmp_path, capsys):
+    from ttcompile.cli import main
+
+    model, _, data = _setup("tr", tmp_path)
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    np.savez(tmp_path / "d.npz", x=data.x, y=data.y)
+    code = main(["compress", str(src), "-o", str(out), "--format", "tr", "--rank", "2", "--force", "--train",
+                 str(tmp_path / "d.npz"), "--finetune-epochs", "1", "--quiet", *select])
+    assert code == 0, capsys.readouterr().err
+    proto = onnx.load(out)
+    onnx.checker.check_model(proto, full_check=True)
+    assert run_ort(proto, {"x": data.x[:2]})[0].shape == (2, 32)
+    assert ("admm: " in capsys.readouterr().out) == bool(select)
+
+
+def test_cli_rank_select_needs_training_data(tmp_path, capsys):
+    from ttcompile.cli import main
+
+    _setup("tr", tmp_path)
+    code = main(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--format", "tr",
+                 "--rank", "2", "--rank-select", "l0"])
+    assert code == 2 and "--train" in capsys.readouterr().err
