@@ -7,6 +7,7 @@ import json
 import sys
 
 from ttcompile.allocators import plan_from_args
+from ttcompile.auto_format import make_auto_plan
 from ttcompile.errors import UserError
 from ttcompile.factorize import parse_modes
 from ttcompile.graph import load_model
@@ -18,7 +19,8 @@ from ttcompile.tables import align, count, ratio
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input ONNX model (never modified)")
-    p.add_argument("--format", default="tt", help="decomposition format (default: tt)")
+    p.add_argument("--format", default="tt",
+                   help="decomposition format, or auto: per layer the lowest-error one (default: tt)")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--rank", type=int, help="uniform rank for every bond (clipped to each layer's caps)")
     sel.add_argument("--ratio", type=float, help="keep about this fraction of each layer's parameters, in (0, 1]")
@@ -50,6 +52,8 @@ def build_plan(args: argparse.Namespace):
     layers = find_layers(model, parse_input_shapes(args.input_shape))
     if not layers:
         raise UserError(f"{args.model}: no Gemm, MatMul or Conv node, nothing to compress")
+    if args.format == "auto":
+        return model, _auto_plan(args, model, layers)
     budgeted = plan_from_args(args, model, layers, parse_mode_overrides(args.modes))
     if budgeted is not None:
         return model, budgeted
@@ -61,6 +65,17 @@ def build_plan(args: argparse.Namespace):
     return model, plan
 
 
+def _auto_plan(args: argparse.Namespace, model, layers) -> Plan:
+    """``--format auto``: per layer, the lowest-error format within ``--ratio`` of its params."""
+    if args.rank is not None:
+        raise UserError("--format auto picks each layer's format and ranks from --ratio; --rank does not apply")
+    given = [f"--{k}" for k in ("modes", "budget") if getattr(args, k, None)]
+    if given:
+        raise UserError(f"{', '.join(given)} cannot be combined with --format auto")
+    return make_auto_plan(model, layers, ratio=0.1 if args.ratio is None else args.ratio, force=args.force,
+                          allow_more_macs=args.allow_more_macs, model_path=args.model)
+
+
 def plan_table(plan: Plan) -> str:
     """One row per layer: shape, dense params/MACs, action, ranks, decomposed params/MACs, reason."""
     headers = ["layer", "kind", "weight", "params", "MACs", "action", "ranks", "params'", "MACs'", "P x", "M x",
@@ -68,8 +83,9 @@ def plan_table(plan: Plan) -> str:
     rows = []
     for lp in plan.layers:
         lay, compress = lp.layer, lp.action == "compress"
+        action = f"{lp.action} {lp.format}" if compress and plan.settings.get("format") == "auto" else lp.action
         rows.append([
-            lay.name, lay.kind, "x".join(map(str, lay.weight_shape)), count(lay.params), count(lay.macs), lp.action,
+            lay.name, lay.kind, "x".join(map(str, lay.weight_shape)), count(lay.params), count(lay.macs), action,
             "-".join(map(str, lp.ranks)) if lp.ranks else "-",
             count(lp.params) if lp.params is not None else "-", count(lp.macs) if lp.macs is not None else "-",
             ratio(lay.params, lp.params) if compress else "-", ratio(lay.macs, lp.macs) if compress else "-",
