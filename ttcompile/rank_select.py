@@ -97,7 +97,7 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
         from ttcompile.train.l0 import L0Gates
 
         gates = L0Gates(CoreSpace(dense, plan), s.lam, s.sigma, s.target_cr, count_params(dense), s.mu_scale,
-                        log=log)
+                        s.smallest, log=log)
         dense, histories["select"] = _finetune(s, dense, teacher, train, None, select_epochs, [gates, *extra],
                                                progress)
         cores = gates.pruned_cores()

@@ -42,18 +42,19 @@ class L0Gates(nn.Module, TrainHook):
     """ℓ0 gates over every bond of ``space``'s layers; pass this hook (not ``space``) to ``finetune``.
 
     ``base_params``: the whole original model's parameter count (compression is ``base / compressed``);
-    needed with ``target_cr``.
+    needed with ``target_cr``. ``smallest``: count every layer in its smallest realization (as exported
+    with ``export_cores(..., smallest=True)``), else in the fastest.
     """
 
     def __init__(self, space: CoreSpace, lam: float, sigma: float = 0.5, target_cr: float | None = None,
-                 base_params: int | None = None, mu_scale: float = 1.0, check_every: int = 50,
-                 log: Callable[[str], None] | None = None):
+                 base_params: int | None = None, mu_scale: float = 1.0, smallest: bool = True,
+                 check_every: int = 50, log: Callable[[str], None] | None = None):
         super().__init__()
         if target_cr is not None and base_params is None:
             raise ValueError("a target compression needs base_params")
         self.space, self.lam, self.sigma = space, lam, sigma
         self.target_cr, self.base_params, self.check_every = target_cr, base_params, check_every
-        self.log, self.mu_scale = log, mu_scale
+        self.log, self.mu_scale, self.smallest = log, mu_scale, smallest
         self.nu = nn.ParameterDict()
         for name in space.plans:
             for k, core in enumerate(space.layer_cores(name)):
@@ -64,7 +65,7 @@ class L0Gates(nn.Module, TrainHook):
         self._calls = 0
 
     def _key(self, name: str, k: int) -> str:
-        return f"{self.space._keys[name]}_{k}"
+        return f"{self.space.key(name)}_{k}"
 
     def attach(self, module: OnnxModule) -> None:
         self.space.core_map = self.gated
@@ -114,9 +115,9 @@ class L0Gates(nn.Module, TrainHook):
         return out
 
     def compressed_params(self) -> int:
-        """Whole-network parameters at the learned ranks (smallest realization of every layer)."""
+        """Whole-network parameters at the learned ranks."""
         plans = self.space.plans
-        delta = sum(replan(plans[n], r, smallest=True).params - plans[n].layer.params
+        delta = sum(replan(plans[n], r, self.smallest).params - plans[n].layer.params
                     for n, r in self.ranks().items())
         return self.base_params + delta
 

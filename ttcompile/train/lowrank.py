@@ -111,13 +111,17 @@ class CoreSpace(nn.Module, TrainHook):
                 init = get_format(lp.format).decompose(dense_weight(ir_model, lp.layer)[0], lp.layer, lp.modes,
                                                        lp.ranks)
             init = balance_norms(init) if balance else init
-            self.cores[self._keys[name]] = nn.ParameterList(
+            self.cores[self.key(name)] = nn.ParameterList(
                 nn.Parameter(torch.tensor(np.asarray(c), dtype=torch.float32)) for c in init)
         self.core_map: CoreMap | None = None
 
+    def key(self, name: str) -> str:
+        """Short key of layer ``name`` (torch names cannot hold dots)."""
+        return self._keys[name]
+
     def layer_cores(self, name: str) -> list[torch.Tensor]:
         """The cores of layer ``name`` as trained (before ``core_map``)."""
-        return list(self.cores[self._keys[name]])
+        return list(self.cores[self.key(name)])
 
     def effective_cores(self, name: str) -> list[torch.Tensor]:
         """The cores the graph uses: ``core_map`` applied (e.g. gated)."""
