@@ -32,14 +32,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.budget import Family, Planner, parse_budget, scaled_ranks, solve
+from ttcompile.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
 from ttcompile.compress import rewrite_layer
 from ttcompile.errors import UserError
-from ttcompile.features import BatchRunner, Calibration, load_calibration, model_input
+from ttcompile.features import Calibration, load_calibration, predict
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.lwiq import Analysis, analyze
@@ -93,8 +92,7 @@ class LwiqAllocator(Allocator):
             raise UserError(f"the analysis has no score for layer(s) {', '.join(missing)}; re-run 'ttcompile analyze'")
         steps = {(j - 0.5) / (scores[n] * cap) for n, caps in planner.caps.items() for cap in caps
                  for j in range(2, cap + 1)}
-        fam = Family("alpha", _midpoints(steps),
-                     lambda a: {n: scaled_ranks(caps, a * scores[n]) for n, caps in planner.caps.items()})
+        fam = Family("alpha", _midpoints(steps), lambda n, a: scaled_ranks(planner.caps[n], a * scores[n]))
         a = ctx.analysis
         info = {"analysis": {"model_sha256": a.model_sha256, "time_s": a.time_s, "calibration": a.calibration,
                              "formula": a.formula, "epsilon": a.epsilon},
@@ -130,7 +128,7 @@ class UniformAllocator(Allocator):
     def family(self, ctx, planner):
         table = uniform_table(planner)
         values = sorted({q for ratios, _ in table.values() for q in ratios})
-        return Family("ratio", values, lambda rho: {n: ranks_at_ratio(e, rho) for n, e in table.items()}), {}, {}
+        return Family("ratio", values, lambda n, rho: ranks_at_ratio(table[n], rho)), {}, {}
 
 
 class EnergyAllocator(Allocator):
@@ -139,29 +137,17 @@ class EnergyAllocator(Allocator):
     def family(self, ctx, planner):
         energy = {}
         for lay in planner.active:
-            w, _ = dense_weight(ctx.model, lay)
-            s2 = np.linalg.svd(w.reshape(w.shape[0], -1), compute_uv=False) ** 2
+            m = dense_weight(ctx.model, lay)[0].reshape(lay.out_features, -1)
+            gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m  # eigenvalues = sigma^2
+            s2 = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
             energy[lay.name] = np.cumsum(s2) / s2.sum()
 
-        def ranks(tau: float) -> dict[str, list[int]]:
-            out = {}
-            for n, e in energy.items():
-                m = min(int(np.searchsorted(e, tau, side="left")) + 1, len(e))
-                out[n] = scaled_ranks(planner.caps[n], m / len(e))
-            return out
+        def rank(n: str, tau: float) -> list[int]:
+            e = energy[n]
+            return scaled_ranks(planner.caps[n], min(int(np.searchsorted(e, tau, side="left")) + 1, len(e)) / len(e))
 
         values = sorted({float(v) for e in energy.values() for v in e})
-        return Family("energy", values, ranks), {}, {"mapping": RANK_MAPPING + ", x_l = m_l(tau) / rank(W_l)"}
-
-
-def _accuracy(proto_bytes: bytes, calib: Calibration, labels: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy of a serialized model on the calibration set, and its predictions ``(N,)``."""
-    proto = onnx.ModelProto.FromString(proto_bytes)
-    runner = BatchRunner(proto_bytes, model_input(proto), [proto.graph.output[0].name], batch)
-    pred = np.empty(len(calib.x), dtype=np.int64)
-    for idx, out in runner.batches(calib.x, np.arange(len(calib.x))):
-        pred[idx] = np.argmax(next(iter(out.values())), axis=1)
-    return float((pred == labels).mean()) if labels is not None else 1.0, pred
+        return Family("energy", values, rank), {}, {"mapping": RANK_MAPPING + ", x_l = m_l(tau) / rank(W_l)"}
 
 
 class GreedyAllocator(Allocator):
@@ -170,9 +156,10 @@ class GreedyAllocator(Allocator):
 
     def family(self, ctx, planner):
         calib, table = ctx.calibration, uniform_table(planner)
-        original = to_proto(ctx.model).SerializeToString()
-        ref_acc, pred = _accuracy(original, calib, calib.y, ctx.batch)
+        original = to_proto(ctx.model)
+        pred = predict(original, calib.x, ctx.batch)
         labels = calib.y if calib.y is not None else pred
+        ref_acc = float((pred == labels).mean())
         options: dict[str, list[tuple[float, list[int], float]]] = {}
         todo = [(lay, rho) for lay in planner.active for rho in self.ratios]
         for lay, rho in tqdm(todo, desc="greedy", unit="eval", disable=not ctx.progress):
@@ -180,28 +167,53 @@ class GreedyAllocator(Allocator):
             opts = options.setdefault(lay.name, [])
             if lp.action != "compress" or (opts and opts[-1][1] == lp.ranks):
                 continue
-            model = ir.from_proto(onnx.ModelProto.FromString(original))
+            model = ir.from_proto(original)
             rewrite_layer(model, lp)
-            acc, _ = _accuracy(to_proto(model).SerializeToString(), calib, labels, ctx.batch)
+            acc = float((predict(to_proto(model), calib.x, ctx.batch) == labels).mean())
             opts.append((rho, lp.ranks, ref_acc - acc))
 
-        def ranks(delta: float) -> dict[str, list[int] | None]:
-            return {n: next((rk for _, rk, d in opts if d <= delta), None) for n, opts in options.items()}
+        def rank(n: str, delta: float) -> list[int] | None:
+            return next((rk for _, rk, d in options[n] if d <= delta), None)
 
         drops = sorted({d for opts in options.values() for _, _, d in opts}, reverse=True)
         values = drops + [drops[-1] - 1.0] if drops else [0.0]
         info = {"greedy": {"ratios": list(self.ratios), "reference_accuracy": ref_acc,
                            "labels": "given" if calib.y is not None else "model top-1 predictions",
                            "drops": {n: [[rho, d] for rho, _, d in opts] for n, opts in options.items()}}}
-        return Family("accuracy_drop", values, ranks), {n: o[0][2] for n, o in options.items() if o}, info
+        return Family("accuracy_drop", values, rank), {n: o[0][2] for n, o in options.items() if o}, info
 
 
 ALLOCATORS: dict[str, Allocator] = {a.name: a for a in (LwiqAllocator(), UniformAllocator(), EnergyAllocator(),
                                                          GreedyAllocator())}
 
 
-def allocate(name: str, ctx: Context, budget) -> Plan:
-    """Plan meeting ``budget`` (a ``budget.Budget``) with allocator ``name``; settings record knob, sizes, time."""
+@dataclass
+class Search:
+    """An allocator's budget-independent work (scores, evaluations, knob family); ``plan`` solves a budget."""
+
+    name: str
+    ctx: Context
+    planner: Planner
+    family: Family
+    scores: dict[str, float]
+    info: dict
+    time_s: float
+
+    def plan(self, budget: Budget) -> Plan:
+        """Plan meeting ``budget``; settings record the knob, the budget report and the search time
+        (``search_time_s`` = this search + the solve; for lwiq the analysis time is in ``analysis``)."""
+        start = time.perf_counter()
+        sol = solve(self.planner, self.family, budget)
+        solve_s = time.perf_counter() - start
+        plans = [replace(lp, score=self.scores.get(lp.name)) for lp in sol.plans]
+        settings = {"format": self.ctx.fmt.name, "allocator": self.name, "allow_more_macs": self.ctx.allow_more_macs,
+                    "knob": {"name": sol.knob, "value": sol.value}, "budget": sol.report,
+                    "search_time_s": round(self.time_s + solve_s, 4), "solve_time_s": round(solve_s, 4), **self.info}
+        return Plan(self.ctx.model_path, self.ctx.model_sha256, settings, plans)
+
+
+def search(name: str, ctx: Context) -> Search:
+    """Run allocator ``name``'s budget-independent part (greedy: its per-layer evaluations)."""
     if name not in ALLOCATORS:
         raise UserError(f"unknown allocator {name!r}: choose one of {', '.join(ALLOCATORS)}")
     alloc = ALLOCATORS[name]
@@ -211,13 +223,12 @@ def allocate(name: str, ctx: Context, budget) -> Plan:
     start = time.perf_counter()
     planner = Planner(ctx.layers, ctx.fmt, ctx.modes, ctx.allow_more_macs)
     family, scores, info = alloc.family(ctx, planner)
-    sol = solve(planner, family, budget)
-    elapsed = time.perf_counter() - start
-    plans = [replace(lp, score=scores.get(lp.name)) for lp in sol.plans]
-    settings = {"format": ctx.fmt.name, "allocator": name, "allow_more_macs": ctx.allow_more_macs,
-                "knob": {"name": sol.knob, "value": sol.value}, "budget": sol.report,
-                "search_time_s": round(elapsed, 4), **info}
-    return Plan(ctx.model_path, ctx.model_sha256, settings, plans)
+    return Search(name, ctx, planner, family, scores, info, time.perf_counter() - start)
+
+
+def allocate(name: str, ctx: Context, budget: Budget) -> Plan:
+    """Plan meeting ``budget`` with allocator ``name`` (``search`` then ``Search.plan``)."""
+    return search(name, ctx).plan(budget)
 
 
 # ---- command line -------------------------------------------------------------------------------

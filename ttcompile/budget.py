@@ -78,11 +78,11 @@ def scaled_ranks(caps: list[int], x: float) -> list[int]:
 
 @dataclass
 class Family:
-    """Knob values (most compressed plan first) and the per-layer ranks each gives (None: keep dense)."""
+    """Knob values (most compressed plan first) and ``rank(layer, value)``: its ranks there (None: dense)."""
 
     knob: str
     values: list[float]
-    ranks: Callable[[float], dict[str, list[int] | None]]
+    rank: Callable[[str, float], list[int] | None]
 
 
 class Planner:
@@ -156,18 +156,18 @@ class MacCapped:
 
     def __init__(self, planner: Planner, family: Family):
         self.planner, self.family = planner, family
-        self._ranks: dict[int, dict[str, list[int] | None]] = {}
+        self._ranks: dict[tuple[str, int], list[int] | None] = {}
         last = len(family.values) - 1
         self.limits = {lay.name: last if planner.allow_more_macs or lay.macs is None else self._limit(lay)
                        for lay in planner.active}
 
-    def _at(self, i: int) -> dict[str, list[int] | None]:
-        if i not in self._ranks:
-            self._ranks[i] = self.family.ranks(self.family.values[i])
-        return self._ranks[i]
+    def _at(self, name: str, i: int) -> list[int] | None:
+        if (name, i) not in self._ranks:
+            self._ranks[name, i] = self.family.rank(name, self.family.values[i])
+        return self._ranks[name, i]
 
     def _mac_ok(self, lay: Layer, i: int) -> bool:
-        ranks = self._at(i)[lay.name]
+        ranks = self._at(lay.name, i)
         return ranks is None or self.planner.layer(lay, ranks).macs <= lay.macs
 
     def _limit(self, lay: Layer) -> int:
@@ -179,8 +179,11 @@ class MacCapped:
             lo, hi = (mid, hi) if self._mac_ok(lay, mid) else (lo, mid)
         return lo
 
+    def rank(self, name: str, i: int) -> list[int] | None:
+        return self._at(name, min(i, self.limits[name]))
+
     def ranks(self, i: int) -> dict[str, list[int] | None]:
-        return {name: self._at(min(i, limit))[name] for name, limit in self.limits.items()}
+        return {name: self.rank(name, i) for name in self.limits}
 
 
 def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
@@ -196,6 +199,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
     targets = budget.targets(base)
     if not targets:
         raise UserError("empty budget: give params=... and/or macs=...")
+    evaluations = planner.evaluations
     capped = MacCapped(planner, family)
 
     def fits(ranks: dict[str, list[int] | None]) -> tuple[bool, list[LayerPlan], dict[str, int]]:
@@ -220,8 +224,12 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
             hi = mid
     knob_only = best[1]
     current, frozen = capped.ranks(lo), set()
+    moving = [n for n, limit in capped.limits.items() if limit > lo]  # layers that may still change
     for i in range(lo + 1, len(family.values)):
-        step = {n: r for n, r in capped.ranks(i).items() if n not in frozen and r != current[n]}
+        moving = [n for n in moving if n not in frozen and capped.limits[n] >= i]
+        if not moving:
+            break
+        step = {n: r for n in moving if (r := capped.rank(n, i)) != current[n]}
         if not step:
             continue
         ok, plans, size = fits({**current, **step})
@@ -229,8 +237,6 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
             current, best = {**current, **step}, (plans, size)
         else:
             frozen |= step.keys()
-            if len(frozen) == len(current):
-                break
     plans, size = best
     capped_names = [n for n, limit in capped.limits.items() if limit < len(family.values) - 1 and n not in frozen]
     plans = [replace(lp, reason=MAC_CAP_NOTE) if lp.name in capped_names and lp.action == "compress" else lp
@@ -245,7 +251,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
         "knob_only": {"of_target": {m: knob_only[m] / t for m, t in targets.items()}, "achieved": knob_only},
         "fill_frozen": sorted(frozen),
         "mac_capped": capped_names,
-        "evaluations": planner.evaluations,
+        "evaluations": planner.evaluations - evaluations,
         "candidates": len(family.values),
     }
     return Solution(plans, family.knob, family.values[lo], report)

@@ -271,3 +271,13 @@ class BatchRunner:
 
     def n_batches(self, n: int) -> int:
         return -(-n // self.batch)
+
+
+def predict(proto: onnx.ModelProto, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Top-1 class ``(N,)`` of the model's first output on ``x``, ``batch`` samples per run."""
+    name = proto.graph.output[0].name
+    runner = BatchRunner(proto.SerializeToString(), model_input(proto), [name], batch)
+    pred = np.empty(len(x), dtype=np.int64)
+    for idx, out in runner.batches(x, np.arange(len(x))):
+        pred[idx] = np.argmax(out[name], axis=1)
+    return pred
