@@ -1,52 +1,58 @@
-"""``ttcompile demo``: compress the embedded LeNet-5, verify it, benchmark it against the original.
+"""``ttcompile demo``: the end-to-end run on the embedded LeNet-5, offline, in about a minute.
 
-Everything it needs ships with the package (trained LeNet-5 ONNX, an MNIST calibration sample and
-a 2 000-image MNIST test sample), so it runs offline in about a minute on 2 CPU cores.
+It runs the same commands a user would (printed before each step): LWIQ analysis on the embedded
+MNIST calibration sample, TT compression at a parameter budget, a short distillation fine-tune on
+that sample (when torch is installed), and a benchmark of original vs compressed on the embedded
+2 000-image MNIST test sample, one ONNX Runtime session at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shlex
 import time
 from pathlib import Path
-
-from ttcompile.cli_options import plan_table
-from ttcompile.cmd_compress import compress_to_file
-from ttcompile.graph import load_model
-from ttcompile.layers import find_layers
-from ttcompile.plan import make_plan
-from ttcompile.report import format_table, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out-dir", default="ttcompile-demo", help="where the files go (default ./ttcompile-demo)")
     p.add_argument("--format", default="tt", help="decomposition format (default tt)")
-    p.add_argument("--ratio", type=float, default=0.1, help="fraction of each layer's parameters to keep")
-    p.add_argument("--batch", default="1,32", help="benchmark batch sizes")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved benchmark rounds")
+    p.add_argument("--budget", default="params=0.1", help="compression budget (default params=0.1)")
+    p.add_argument("--finetune-epochs", type=int, default=8, help="distillation epochs on the sample (0: none)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved benchmark rounds")
+
+
+def _step(title: str, argv: list[str]) -> None:
+    """Print and run one ttcompile command in this process."""
+    from ttcompile.cli import build_parser
+
+    print(f"\n== {title}\n$ ttcompile {shlex.join(argv)}", flush=True)
+    args = build_parser().parse_args(argv)
+    importlib.import_module(args._module).run(args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ttcompile.bench import benchmark
-    from ttcompile.models.data import embedded, load_npz
+    from ttcompile.models.data import embedded
 
     start = time.perf_counter()
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    original = embedded("lenet5_mnist.onnx")
-    test = load_npz(embedded("mnist_test_sample.npz"))
-    print(f"[1/3] planning {args.format} at {args.ratio:g} of each layer's parameters for {original.name}")
-    model = load_model(original)
-    plan = make_plan(find_layers(model), args.format, model_path=original, ratio=args.ratio)
-    compressed = out_dir / f"lenet5_{args.format}.onnx"
-    print("[2/3] rewriting and checking")
-    compress_to_file(model, plan, compressed)
-    print(plan_table(plan))
-    print(f"[3/3] benchmarking on ONNX Runtime CPU, 1 thread, {len(test.x)} MNIST test images")
-    report = benchmark([original, compressed], test, batches=[int(b) for b in args.batch.split(",")],
-                       threads=1, rounds=args.repeats)
-    print(format_table(report))
-    write_json(report, out_dir / "bench.json")
-    print(f"\nfiles: {compressed}, {compressed.with_suffix('.plan.json')}, {out_dir / 'bench.json'}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, calib, test = (str(embedded(n)) for n in ("lenet5_mnist.onnx", "mnist_calib.npz", "mnist_test_sample.npz"))
+    compressed, tuned = out / f"lenet5_{args.format}.onnx", out / f"lenet5_{args.format}_ft.onnx"
+    _step("LWIQ analysis", ["analyze", model, "--calib", calib, "-o", str(out / "analysis.json")])
+    _step(f"compress with {args.format} at {args.budget}",
+          ["compress", model, "-o", str(compressed), "--format", args.format, "--budget", args.budget,
+           "--analysis", str(out / "analysis.json"), "--data", test, "--quiet"])
+    models = [model, str(compressed)]
+    if args.finetune_epochs > 0 and importlib.util.find_spec("torch") is not None:
+        _step("distillation fine-tune on the calibration sample",
+              ["finetune", str(compressed), "--teacher", model, "--train", calib, "-o", str(tuned),
+               "--epochs", str(args.finetune_epochs), "--threads", "1", "--quiet"])
+        models.append(str(tuned))
+    _step("benchmark on the MNIST test sample (ONNX Runtime CPU, 1 thread)",
+          ["bench", *models, "--data", test, "--batch", "1,32", "--threads", "1", "--repeats", str(args.repeats),
+           "--json", str(out / "bench.json")])
+    print(f"\nfiles in {out}/: {', '.join(sorted(p.name for p in out.iterdir() if not p.name.endswith('.ckpt')))}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
