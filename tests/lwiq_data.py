@@ -33,8 +33,8 @@ def samples(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def model(path: Path) -> Path:
-    """Write the three-layer MLP (Gemm -> Relu -> Gemm -> Relu -> Gemm) to ``path``."""
+def model(path: Path, batch: str | int = "N") -> Path:
+    """Write the three-layer MLP (Gemm -> Relu -> Gemm -> Relu -> Gemm) to ``path``; batch dim ``batch``."""
     rng = np.random.default_rng(2)
     a = directions()
     w1 = 0.01 * rng.standard_normal((HIDDEN, N_IN))
@@ -53,8 +53,8 @@ def model(path: Path) -> Path:
         helper.make_node("Gemm", ["r2", "W3", "B3"], ["logits"], name="fc3", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "lwiq_toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", N_IN])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", K])],
+        nodes, "lwiq_toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, N_IN])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, K])],
         [numpy_helper.from_array(v.astype(np.float32), n) for n, v in inits.items()])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8

@@ -70,6 +70,14 @@ def test_batches_bound_memory(toy, tmp_path):
     assert peak < inputs + n * per_sample / 10
 
 
+def test_static_batch_model_is_fed_its_own_batch_size(toy, tmp_path):
+    _, calib, _ = toy
+    model = lwiq_data.model(tmp_path / "static.onnx", batch=3)
+    a = analyze(model, str(calib), batch=64, progress=False)  # 200 + 200 samples, last batch padded
+    assert a.calibration["batch"] == 3 and a.calibration["batches"] == 2 * 67
+    assert max(a.layers, key=lambda ls: ls.score).layer.name == "fc1"
+
+
 def _residual_model():
     """x -> conv1 -> Relu -> conv2 -> Add(x) -> Relu -> conv3 -> GlobalAveragePool -> Flatten -> fc."""
     rng = np.random.default_rng(0)

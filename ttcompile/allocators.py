@@ -1,7 +1,10 @@
 """Rank allocators behind one interface: ``lwiq``, ``uniform``, ``energy``, ``greedy``.
 
 Each allocator turns a model into a one-knob ``budget.Family`` of per-layer ranks (most compressed
-first); ``budget.solve`` bisects that knob to meet the budget. ``R_{l,k}`` are the format's rank caps
+first); ``budget.solve`` bisects that knob to meet the budget, then fills the slack left by rank
+granularity (layers whose next step does not fit stop, the others go on; see ``budget.solve``).
+The budget-independent part (scores, greedy's evaluations) is a ``Search``, reusable for any number of
+budgets. ``R_{l,k}`` are the format's rank caps
 (``Format.max_ranks`` at the layer's modes) and ``scaled_ranks(R, x) = clip(floor(x R_{l,k} + 1/2), 1,
 R_{l,k})``.
 
@@ -20,8 +23,9 @@ R_{l,k})``.
   delta each layer takes its smallest ratio with ``d_l(rho) <= delta``, or stays dense if none.
   Its score is ``d_l`` at its smallest ratio (sensitivity).
 
-Every layer's rewrite is kept only when it saves params and does not add MACs (``plan.layer_plan``,
-unless ``allow_more_macs``). The returned Plan records the knob, budget report and search time.
+Unless ``allow_more_macs``, a layer's ranks stop at the largest that need no more MACs than dense
+(``budget.MacCapped``), and a rewrite that does not save params stays dense (``plan.layer_plan``).
+The returned Plan records each layer's score, the knob, the budget report and the search time.
 """
 
 from __future__ import annotations
@@ -286,5 +290,8 @@ def describe(plan: Plan) -> str:
                       f"({rep['of_target'][m]:.1%} of target)" for m in rep["targets"])
     capped = (f"; MAC-capped (larger ranks would need more MACs than dense, --allow-more-macs lifts it): "
               f"{', '.join(rep['mac_capped'])}" if rep["mac_capped"] else "")
+    labels = s["analysis"]["calibration"]["labels"] if "analysis" in s else s.get("greedy", {}).get("labels")
+    analysis_time = f" (+ LWIQ analysis {s['analysis']['time_s']:.2f} s)" if "analysis" in s else ""
     return (f"allocator {s['allocator']} ({s['format']}): {s['knob']['name']} = {s['knob']['value']:.6g}; "
-            f"{sizes}; search {s['search_time_s']:.3f} s{capped}")
+            f"{sizes}; search {s['search_time_s']:.3f} s{analysis_time}{capped}"
+            + (f"; calibration labels: {labels}" if labels else ""))
