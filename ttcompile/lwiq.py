@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,6 @@ class Analysis:
     epsilon: float = EPSILON
     formula: str = SCORE_FORMULA
     embedding_target: int = EMBEDDING_TARGET
-    extra: dict = field(default_factory=dict)
 
     @property
     def scores(self) -> dict[str, float]:
