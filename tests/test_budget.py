@@ -111,7 +111,7 @@ def test_infeasible_budget_says_so(mlp):
         lwiq_plan(path, layers, Budget(params=50))
 
 
-def test_rebudget_from_json_equals_fresh_and_is_fast(tmp_path):
+def test_rebudget_from_json_equals_fresh_and_is_fast(tmp_path, monkeypatch):
     model = lwiq_data.model(tmp_path / "toy.onnx")
     calib = lwiq_data.calib_file(tmp_path / "calib.npz")
     fresh = analyze(model, str(calib), progress=False)
@@ -127,6 +127,10 @@ def test_rebudget_from_json_equals_fresh_and_is_fast(tmp_path):
             plan["settings"].pop(key)
         return plan
 
+    def no_model_run(*args, **kwargs):
+        raise AssertionError("re-budgeting must not run the model")
+
+    monkeypatch.setattr("ttcompile.features.make_session", no_model_run)
     start = time.perf_counter()
     loaded = Analysis.load(tmp_path / "analysis.json")
     again = plan_with(loaded)
@@ -135,3 +139,23 @@ def test_rebudget_from_json_equals_fresh_and_is_fast(tmp_path):
     loaded.check_model(model)
     with pytest.raises(UserError, match="not for"):
         loaded.check_model(calib)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric, value", [("params", 0.05), ("macs", 0.5)])
+def test_lenet5_budget_within_two_percent_and_rebudget_equals_fresh(tmp_path, metric, value):
+    from ttcompile.models.data import embedded
+
+    model, calib = embedded("lenet5_mnist.onnx"), embedded("mnist_calib.npz")
+    fresh = analyze(model, str(calib), progress=False)
+    loaded = Analysis.load(fresh.save(tmp_path / "a.json"))
+    layers = find_layers(load_model(model))
+    plans = []
+    for analysis in (fresh, loaded):
+        ctx = Context(str(model), file_sha256(model), layers, get_format("tt"), analysis=analysis)
+        plan = allocate("lwiq", ctx, Budget(**{metric: value})).to_json()
+        assert 0.98 <= plan["settings"]["budget"]["of_target"][metric] <= 1.0
+        for key in ("search_time_s", "solve_time_s"):
+            plan["settings"].pop(key)
+        plans.append(plan)
+    assert plans[0] == plans[1]
