@@ -59,6 +59,10 @@ class Format(ABC):
         """Every rank set to ``rank``, clipped to its cap (boundary ranks stay fixed)."""
         return [min(rank, cap) if cap > 1 else cap for cap in self.max_ranks(layer, modes)]
 
+    def snap_ranks(self, layer: Layer, modes: dict, ranks: list[int]) -> list[int]:
+        """Nearest valid ranks to ``ranks`` (e.g. scaled from the caps); every rank is valid by default."""
+        return list(ranks)
+
     def validate_ranks(self, layer: Layer, modes: dict, ranks: list[int]) -> None:
         caps = self.max_ranks(layer, modes)
         if len(ranks) != len(caps):

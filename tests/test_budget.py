@@ -159,3 +159,17 @@ def test_lenet5_budget_within_two_percent_and_rebudget_equals_fresh(tmp_path, me
             plan["settings"].pop(key)
         plans.append(plan)
     assert plans[0] == plans[1]
+
+
+def test_budget_snaps_semi_tensor_ranks_to_multiples_of_t(tmp_path):
+    """Ranks scaled from the caps are snapped to the format's valid ranks (multiples of t for STT)."""
+    from ttcompile.budget import Planner
+    from ttcompile.layers import Layer
+    from ttcompile.passes import get_format
+
+    fmt = get_format("stt")
+    layer = Layer("fc", "gemm", "Gemm", "w", (64, 64), 64, 64, params=4096, macs=4096,
+                  attrs={"transB": 1, "alpha": 1.0, "beta": 1.0, "bias_vector": True})
+    planner = Planner([layer], fmt, {"fc": {"in": [8, 8], "out": [8, 8], "t": 2}}, allow_more_macs=True)
+    lp = planner.layer(layer, [1, 7, 1])
+    assert lp.ranks == [1, 8, 1] and lp.action == "compress"

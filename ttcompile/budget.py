@@ -108,6 +108,7 @@ class Planner:
         """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``)."""
         if ranks is None:
             return LayerPlan(layer, "dense", reason="the allocator keeps it dense")
+        ranks = self.fmt.snap_ranks(layer, self.modes[layer.name], ranks)  # e.g. multiples of t for STP
         key = (layer.name, tuple(ranks))
         if key not in self._cache:
             self._cache[key] = layer_plan(layer, self.fmt, ranks, self.modes[layer.name],
