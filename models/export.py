@@ -3,9 +3,10 @@
 Exporter choice (torch 2.13): the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, built on
 onnxscript, with its graph optimizer on) gives the cleanest graphs: weights as named initializers,
 Linear as Gemm, Conv with its bias, no Identity/Constant chains; the option-A ResNet shortcut becomes
-one Slice and one Pad. Its lowest native opset is 18: asking for 17 needs a version down-conversion
-that fails on Pad, so ``opset`` must be >= 18. The TorchScript exporter (``dynamo=False``) does emit
-opset 17 but turns ``F.pad`` into a Shape/ConstantOfShape/Concat/Transpose chain, so it is not used.
+Slice + Pad. It emits opset 18 natively; a lower opset goes through a version down-conversion, which
+works for the LeNets but not for Pad (ResNets), so the default is 18 and opset 17 is honoured only where
+it converts. The TorchScript exporter (``dynamo=False``) emits opset 17 directly but turns ``F.pad``
+into a Shape/ConstantOfShape/Concat/Transpose chain and adds Identity/Constant nodes, so it is not used.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     The graph has one input ``input`` shaped like ``example_input`` with a dynamic batch dim 0 and one
     output ``logits``. The file is written only after ``check_exported`` passes, atomically.
     """
-    if opset < 18:
-        raise ValueError(f"opset {opset} is not supported: the dynamo exporter emits opset >= 18")
+    if opset < 17:
+        raise ValueError(f"opset {opset} is not supported: use 17 or newer (18 is native)")
     model = copy.deepcopy(model).eval()
     example_input = example_input.detach().float()
     with torch.no_grad():
@@ -83,6 +84,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
     proto = program.model_proto
+    got = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if got != opset:
+        raise ValueError(f"could not export at opset {opset} (the exporter produced opset {got}); use opset={got}")
     check_exported(proto, example_input, expected)
     path = Path(path)
     with atomic_path(path) as tmp:

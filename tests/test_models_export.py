@@ -96,8 +96,16 @@ def test_unfoldable_batchnorm_is_refused_and_nothing_written(tmp_path):
     with pytest.raises(ValueError, match="BatchNorm not directly after a conv"):
         export_onnx(model, torch.rand(2, 1, 8, 8), path)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError, match="opset 17 is not supported"):
-        export_onnx(LeNet300100(), torch.rand(2, 1, 28, 28), path, opset=17)
+    with pytest.raises(ValueError, match="opset 16 is not supported"):
+        export_onnx(LeNet300100(), torch.rand(2, 1, 28, 28), path, opset=16)
+
+
+def test_opset_17_where_it_converts(tmp_path):
+    path = export_onnx(LeNet300100(), torch.rand(2, 1, 28, 28), tmp_path / "mlp17.onnx", opset=17)
+    assert onnx.load(path).opset_import[0].version == 17
+    with pytest.raises(ValueError, match="could not export at opset 17 .* use opset=18"):
+        export_onnx(resnet20(), torch.rand(2, 1, 28, 28), tmp_path / "r17.onnx", opset=17)
+    assert not (tmp_path / "r17.onnx").exists()
 
 
 def test_lenet_shapes():
