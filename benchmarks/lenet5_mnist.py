@@ -9,7 +9,7 @@ Accuracy is ONNX Runtime's on the 10k MNIST test set, from the saved plain ONNX 
 distils from the original (T = 4) on mnist:train; the best fine-tuning epoch on mnist:val is kept.
 
 Rows are saved to ``benchmarks/results/lenet5_mnist.{md,json}`` as they finish; a rerun skips rows the
-JSON already holds (``--rows`` picks rows, ``--redo`` reruns them).
+JSON already holds for the same model file (``--rows`` picks rows, ``--redo`` reruns them).
 
     python benchmarks/lenet5_mnist.py [--rows trn10,l0_20x,...] [--threads 1]
 """
@@ -32,7 +32,7 @@ from ttcompile.counting import count_params
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.models.data import load_dataset
-from ttcompile.plan import Plan, make_plan
+from ttcompile.plan import Plan, file_sha256, make_plan
 from ttcompile.rank_select import Settings, compress_and_train
 from ttcompile.runtime import make_session
 from ttcompile.tables import align
@@ -61,7 +61,9 @@ class Bench:
         self.base = count_params(self.dense)
         self.train, self.val = load_dataset("mnist:train"), load_dataset("mnist:val")
         self.json_path = RESULTS / "lenet5_mnist.json"
-        self.rows: dict[str, dict] = json.loads(self.json_path.read_text())["rows"] if self.json_path.exists() else {}
+        self.sha = file_sha256(MODEL)
+        saved = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
+        self.rows: dict[str, dict] = saved["rows"] if saved.get("model_sha256") == self.sha else {}
 
     def uniform_plan(self, rank: int) -> Plan:
         return make_plan(find_layers(self.ir_model), "tr", model_path=MODEL, rank=rank, force=True,
@@ -105,8 +107,8 @@ class Bench:
     def save(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-        self.json_path.write_text(json.dumps({"command": command, "model": str(MODEL), "base_params": self.base,
-                                              "rows": self.rows}, indent=1) + "\n")
+        self.json_path.write_text(json.dumps({"command": command, "model": str(MODEL), "model_sha256": self.sha,
+                                              "base_params": self.base, "rows": self.rows}, indent=1) + "\n")
         (RESULTS / "lenet5_mnist.md").write_text(self.markdown(command))
 
     def markdown(self, command: str) -> str:
@@ -145,8 +147,8 @@ def main() -> int:
            for r in (10, 15, 20)},
         "l0_20x": lambda: bench.run("l0_20x", "ℓ0 + TR, λ=10, target 21×", bench.uniform_plan(25), Settings(
             method="l0", lam=10.0, mu_scale=20, target_cr=21, select_epochs=3, epochs=5, threads=t)),
-        "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=20, target 82×", bench.uniform_plan(25), Settings(
-            method="l0", lam=20.0, mu_scale=20, target_cr=82, select_epochs=4, epochs=5, threads=t)),
+        "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=100, target 82×", bench.uniform_plan(25), Settings(
+            method="l0", lam=100.0, mu_scale=5, target_cr=82, select_epochs=3, epochs=6, threads=t)),
         **{f"lwiq_{k}": (lambda k=k: bench.run(
             f"lwiq_{k}", f"LWIQ + TR at the {k} ℓ0 budget", bench.lwiq_plan(bench.rows[k]["params"]),
             Settings(epochs=args.lwiq_epochs, threads=t))) for k in ("l0_20x", "l0_80x")},

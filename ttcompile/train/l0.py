@@ -15,7 +15,8 @@ nothing to gate). The gates multiply the LEFT core's right-bond axis: ``G_k <- G
   the gated entries of a bond), the expected ℓ0 norm of the gates, per bond.
 
 Optional target: once the whole network's compression ``original params / compressed params`` (eval
-gates, pruned ranks, checked every ``check_every`` batches) reaches ``target_cr``, μ is frozen, the
+gates, pruned ranks, checked every ``check_every`` batches, default every batch: strong penalties
+close many gates within a few steps) reaches ``target_cr``, μ is frozen, the
 penalty dropped and the gates become deterministic (their eval values); the weights keep training.
 
 Export (``pruned_cores``): closed slices are removed from both neighbouring cores and the kept,
@@ -48,7 +49,7 @@ class L0Gates(nn.Module, TrainHook):
 
     def __init__(self, space: CoreSpace, lam: float, sigma: float = 0.5, target_cr: float | None = None,
                  base_params: int | None = None, mu_scale: float = 1.0, smallest: bool = True,
-                 check_every: int = 50, log: Callable[[str], None] | None = None):
+                 check_every: int = 1, log: Callable[[str], None] | None = None):
         super().__init__()
         if target_cr is not None and base_params is None:
             raise ValueError("a target compression needs base_params")
