@@ -136,7 +136,7 @@ def main() -> int:
     p.add_argument("--redo", action="store_true", help="rerun rows the JSON already holds")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--trn-epochs", type=int, default=1, help="fine-tuning epochs of the uniform TR rows")
-    p.add_argument("--lwiq-epochs", type=int, default=2, help="fine-tuning epochs of the LWIQ rows")
+    p.add_argument("--lwiq-epochs", type=int, default=6, help="fine-tuning epochs of the LWIQ rows")
     args = p.parse_args()
     bench = Bench(args)
     t = args.threads
@@ -146,9 +146,9 @@ def main() -> int:
                                              Settings(epochs=args.trn_epochs, threads=t)))
            for r in (10, 15, 20)},
         "l0_20x": lambda: bench.run("l0_20x", "ℓ0 + TR, λ=10, target 21×", bench.uniform_plan(25), Settings(
-            method="l0", lam=10.0, mu_scale=20, target_cr=21, select_epochs=3, epochs=5, threads=t)),
-        "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=100, target 82×", bench.uniform_plan(25), Settings(
-            method="l0", lam=100.0, mu_scale=5, target_cr=82, select_epochs=3, epochs=6, threads=t)),
+            method="l0", lam=10.0, mu_scale=20, target_cr=21, select_epochs=3, epochs=12, threads=t)),
+        "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=50, target 82×", bench.uniform_plan(25), Settings(
+            method="l0", lam=50.0, mu_scale=20, target_cr=82, select_epochs=4, epochs=8, threads=t)),
         **{f"lwiq_{k}": (lambda k=k: bench.run(
             f"lwiq_{k}", f"LWIQ + TR at the {k} ℓ0 budget", bench.lwiq_plan(bench.rows[k]["params"]),
             Settings(epochs=args.lwiq_epochs, threads=t))) for k in ("l0_20x", "l0_80x")},
