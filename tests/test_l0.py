@@ -112,3 +112,16 @@ def test_cli_compress_with_l0_end_to_end(tmp_path, capsys):
     assert saved["settings"]["rank_select"]["method"] == "l0"
     assert all(sum(lp["ranks"]) < 27 for lp in saved["layers"])  # pruned below the starting ranks
     assert "l0: learned ranks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("normalize", ["bond", "layer"])
+def test_penalty_normalisation(normalize, tmp_path):
+    model = mlp_model()
+    plan = _plan(model, "tr", 6, tmp_path)  # bonds of sizes 3 and 6 (2 and 5 gated entries)
+    gates = L0Gates(CoreSpace(model, plan), lam=2.0, sigma=0.5, normalize=normalize)
+    phi = {key: torch.special.ndtr((mu + 1.2) / 0.5) for key, mu in gates.mu.items()}
+    if normalize == "bond":
+        expected = sum(p.mean() for p in phi.values())
+    else:
+        expected = sum(p.sum() / 5 for p in phi.values())
+    torch.testing.assert_close(gates.penalty(None), 2.0 * expected)

@@ -40,6 +40,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda", dest="lam", type=float, default=0.2, help="l0 penalty weight (default 0.2)")
     g.add_argument("--sigma", type=float, default=0.5, help="l0 gate noise (default 0.5)")
     g.add_argument("--mu-scale", type=float, default=1.0, help="l0 gate speed: mu = scale * trained value")
+    g.add_argument("--l0-normalize", choices=["bond", "layer"], default="bond",
+                   help="l0 penalty per bond: mean over its gates (Cao et al.), or 1/(largest rank - 1) per gate")
     g.add_argument("--target-cr", type=float, help="l0: freeze the gates once the whole model is compressed X times")
     g.add_argument("--rho", type=float, default=1e-3, help="ADMM penalty (default 1e-3)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 0)")

@@ -46,6 +46,7 @@ class Settings:
     lam: float = 0.2  # ℓ0 penalty weight λ
     sigma: float = 0.5  # ℓ0 gate noise σ
     mu_scale: float = 1.0  # ℓ0 gate speed: μ = mu_scale · ν, ν trained with Adam
+    normalize: str = "bond"  # ℓ0 penalty: mean per bond (Cao) or "layer": 1/(R-1) per entry
     target_cr: float | None = None  # ℓ0: freeze the gates at this whole-network compression
     rho: float = 1e-3  # ADMM ρ
     lr: float = 1e-3
@@ -97,7 +98,7 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
         from ttcompile.train.l0 import L0Gates
 
         gates = L0Gates(CoreSpace(dense, plan), s.lam, s.sigma, s.target_cr, count_params(dense), s.mu_scale,
-                        s.smallest, log=log)
+                        s.smallest, s.normalize, log=log)
         dense, histories["select"] = _finetune(s, dense, teacher, train, None, select_epochs, [gates, *extra],
                                                progress)
         cores = gates.pruned_cores()
@@ -127,6 +128,7 @@ def train_to_file(args: argparse.Namespace, model: ir.Model, plan: Plan, out: Pa
     check_some_compressed(plan)
     settings = Settings(method=args.rank_select or "none", epochs=args.finetune_epochs,
                         select_epochs=args.select_epochs, lam=args.lam, sigma=args.sigma, mu_scale=args.mu_scale,
+                        normalize=args.l0_normalize,
                         target_cr=args.target_cr, rho=args.rho, lr=args.lr, threads=args.threads or None)
     settings.check()
     dense = to_proto(model)

@@ -12,7 +12,10 @@ nothing to gate). The gates multiply the LEFT core's right-bond axis: ``G_k <- G
   ``mu_scale`` times faster than the weights (1: the paper; a gate needs μ < -1.2 to close, over a
   thousand steps at lr 1e-3, too slow for short fine-tuning runs);
 * penalty: ``λ · Σ_layers Σ_bonds mean_j Φ((μ_j + 1.2) / σ)`` (Φ the standard normal CDF, the mean over
-  the gated entries of a bond), the expected ℓ0 norm of the gates, per bond.
+  the gated entries of a bond), the expected ℓ0 norm of the gates, per bond (``normalize="bond"``).
+  With ``normalize="layer"`` every gated entry of a layer weighs ``1 / (R - 1)``, R the layer's largest
+  bond: the same penalty when all bonds have one size (Cao's uniform rank 25), but a bond capped small
+  (TR-SVD caps, e.g. 2) is no longer pushed (R - 1) times harder per entry than the others.
 
 Optional target: once the whole network's compression ``original params / compressed params`` (eval
 gates, pruned ranks, checked every ``check_every`` batches, default every batch: strong penalties
@@ -49,18 +52,24 @@ class L0Gates(nn.Module, TrainHook):
 
     def __init__(self, space: CoreSpace, lam: float, sigma: float = 0.5, target_cr: float | None = None,
                  base_params: int | None = None, mu_scale: float = 1.0, smallest: bool = True,
-                 check_every: int = 1, log: Callable[[str], None] | None = None):
+                 normalize: str = "bond", check_every: int = 1, log: Callable[[str], None] | None = None):
         super().__init__()
         if target_cr is not None and base_params is None:
             raise ValueError("a target compression needs base_params")
         self.space, self.lam, self.sigma = space, lam, sigma
         self.target_cr, self.base_params, self.check_every = target_cr, base_params, check_every
         self.log, self.mu_scale, self.smallest = log, mu_scale, smallest
+        if normalize not in ("bond", "layer"):
+            raise ValueError(f"normalize must be 'bond' or 'layer', got {normalize!r}")
         self.nu = nn.ParameterDict()
+        self._weights: dict[str, float] = {}  # penalty weight of each entry of a bond
         for name in space.plans:
+            largest = max(int(c.shape[-1]) for c in space.layer_cores(name))
             for k, core in enumerate(space.layer_cores(name)):
                 if core.shape[-1] > 1:
-                    self.nu[self._key(name, k)] = nn.Parameter(0.01 / mu_scale * torch.randn(core.shape[-1] - 1))
+                    key = self._key(name, k)
+                    self.nu[key] = nn.Parameter(0.01 / mu_scale * torch.randn(core.shape[-1] - 1))
+                    self._weights[key] = 1 / (core.shape[-1] - 1 if normalize == "bond" else largest - 1)
         self.register_buffer("frozen", torch.tensor(False))
         self._training: Callable[[], bool] = lambda: self.training
         self._calls = 0
@@ -102,7 +111,8 @@ class L0Gates(nn.Module, TrainHook):
             self._check_target()
         if bool(self.frozen) or self.lam == 0 or not len(self.nu):
             return None
-        return self.lam * sum(torch.special.ndtr((mu + SHIFT) / self.sigma).mean() for mu in self.mu.values())
+        return self.lam * sum(self._weights[key] * torch.special.ndtr((mu + SHIFT) / self.sigma).sum()
+                              for key, mu in self.mu.items())
 
     def ranks(self) -> dict[str, list[int]]:
         """Learned ranks (eval gates, ``#{z > 0}`` per bond) in each layer's plan convention."""
