@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ttcompile.models.atomic import atomic_path
+from ttcompile.atomic import atomic_path
 from ttcompile.models.data import load_dataset
 from ttcompile.runtime import make_session
 

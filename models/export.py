@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from ttcompile.models.atomic import atomic_path
+from ttcompile.atomic import atomic_path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

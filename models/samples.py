@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttcompile.models.atomic import atomic_path
+from ttcompile.atomic import atomic_path
 from ttcompile.models.data import Dataset, load_mnist
 
 CALIB_PER_CLASS = 100

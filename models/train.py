@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ttcompile.atomic import atomic_path
 from ttcompile.errors import UserError
-from ttcompile.models.atomic import atomic_path
 from ttcompile.models.data import load_dataset
 from ttcompile.models.export import export_onnx
 from ttcompile.models.lenet import LeNet5, LeNet300100

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
 
+from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
 
 
@@ -58,20 +58,6 @@ def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike) -> Pa
     """Write atomically (temp file in the same folder, then rename); never leaves a partial file."""
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
     return write_bytes_atomic(path, proto.SerializeToString())
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @functools.cache

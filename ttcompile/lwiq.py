@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
 from ttcompile.features import (
     EMBEDDING_TARGET,
@@ -47,7 +48,7 @@ from ttcompile.features import (
     model_input,
     probe_model,
 )
-from ttcompile.graph import load_model, to_proto, write_bytes_atomic
+from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
 from ttcompile.plan import file_sha256
 

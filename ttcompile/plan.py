@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
-from ttcompile.graph import write_bytes_atomic
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format, get_format
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from ttcompile.atomic import write_bytes_atomic
 from ttcompile.bench import ROUND_QUANTILE, BenchReport
-from ttcompile.graph import write_bytes_atomic
 from ttcompile.tables import align, count
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import torch
 
+from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
-from ttcompile.graph import write_bytes_atomic
 from ttcompile.train.executor import OnnxModule
 from ttcompile.train.hooks import TrainHook
 

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary sibling, then rename over the target."""
+"""Atomic file writes: write to a temporary sibling, then rename over the target (never a partial file)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
