@@ -149,9 +149,13 @@ def main() -> int:
             method="l0", lam=10.0, mu_scale=20, target_cr=21, select_epochs=3, epochs=12, threads=t)),
         "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=50, target 82×", bench.uniform_plan(25), Settings(
             method="l0", lam=50.0, mu_scale=20, target_cr=82, select_epochs=4, epochs=8, threads=t)),
+        "l0_80x_layer": lambda: bench.run(
+            "l0_80x_layer", "ℓ0 + TR, λ=60, layer-normalised penalty, target 82×", bench.uniform_plan(25),
+            Settings(method="l0", lam=60.0, mu_scale=20, normalize="layer", target_cr=82, select_epochs=3, epochs=8,
+                     threads=t)),
         **{f"lwiq_{k}": (lambda k=k: bench.run(
             f"lwiq_{k}", f"LWIQ + TR at the {k} ℓ0 budget", bench.lwiq_plan(bench.rows[k]["params"]),
-            Settings(epochs=args.lwiq_epochs, threads=t))) for k in ("l0_20x", "l0_80x")},
+            Settings(epochs=args.lwiq_epochs, threads=t))) for k in ("l0_20x", "l0_80x", "l0_80x_layer")},
     }
     wanted = args.rows.split(",") if args.rows else list(rows)
     for key in wanted:
