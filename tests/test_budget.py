@@ -29,8 +29,8 @@ def fake_analysis(path, layers, scores) -> Analysis:
     return Analysis(str(path), file_sha256(path), rows, 0.0, {}, 0.0)
 
 
-def lwiq_plan(path, layers, budget, scores=(1.0, 0.5, 0.2), allow_more_macs=False):
-    ctx = Context(str(path), file_sha256(path), layers, get_format("tt"), allow_more_macs=allow_more_macs,
+def lwiq_plan(path, layers, budget, scores=(1.0, 0.5, 0.2), allow_more_macs=False, fmt="tt"):
+    ctx = Context(str(path), file_sha256(path), layers, get_format(fmt), allow_more_macs=allow_more_macs,
                   analysis=fake_analysis(path, layers, scores))
     return allocate("lwiq", ctx, budget)
 
@@ -80,6 +80,31 @@ def test_params_budget_never_adds_macs_unless_allowed(mlp):
     assert rep["achieved"]["params"] <= rep["targets"]["params"] and rep["mac_capped"]
     more = lwiq_plan(path, layers, Budget(params=0.2), allow_more_macs=True)
     assert any(lp.macs > lp.layer.macs for lp in more.layers if lp.action == "compress")
+
+
+@pytest.fixture(scope="module")
+def lenet300(tmp_path_factory):
+    """LeNet-300-100 shapes: fc0 (784 x 300) holds 90 % of the params, so its whole-layer rank steps are coarse."""
+    path = lwiq_data.mlp(tmp_path_factory.mktemp("budget") / "lenet300.onnx", dims=(784, 300, 100, 10))
+    return path, find_layers(load_model(path))
+
+
+@pytest.mark.parametrize("fmt, budget, allow", [
+    ("tt", Budget(params=0.5), True), ("tt", Budget(params=0.3), True), ("tt", Budget(macs=0.3), False),
+    ("tr", Budget(params=0.5), False), ("tr", Budget(params=0.5), True), ("tr", Budget(params=0.2), False),
+])
+def test_budget_dominated_by_one_layer_is_hit_within_two_percent(lenet300, fmt, budget, allow):
+    """Fill: an overshooting merged-core step is retried plain, then single bonds grow one rank step at a time."""
+    path, layers = lenet300
+    plan = lwiq_plan(path, layers, budget, allow_more_macs=allow, fmt=fmt)
+    rep, fmt_ = plan.settings["budget"], get_format(fmt)
+    for metric, frac in rep["of_target"].items():
+        assert 0.98 <= frac <= 1.0, (metric, rep)
+    for lp in plan.layers:
+        if lp.action == "compress":
+            assert all(r <= c for r, c in zip(lp.ranks, fmt_.max_ranks(lp.layer, lp.modes)))
+            assert allow or lp.macs <= lp.layer.macs
+            assert fmt_.cost(lp.layer, lp.modes, lp.ranks, lp.options).params == lp.params
 
 
 def test_macs_budget_and_both(mlp):

@@ -102,6 +102,7 @@ class Planner:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self._cache: dict[tuple[str, tuple[int, ...]], LayerPlan] = {}
+        self._plain: dict[tuple[str, tuple[int, ...]], LayerPlan | None] = {}
         self.evaluations = 0
 
     def layer(self, layer: Layer, ranks: list[int] | None) -> LayerPlan:
@@ -114,6 +115,34 @@ class Planner:
             self._cache[key] = layer_plan(layer, self.fmt, ranks, self.modes[layer.name],
                                           allow_more_macs=self.allow_more_macs)
         return self._cache[key]
+
+    def plain(self, layer: Layer, ranks: list[int]) -> LayerPlan | None:
+        """Plan at ``ranks`` in the fastest realization storing no more than the plain chain (the format's
+        first candidate): the fallback where the realized one (merged cores, up to 1.5x the plain params)
+        overshoots. None when that is the realized one already or it is no valid rewrite (saves no params,
+        or needs more MACs than dense unless ``allow_more_macs``)."""
+        ranks = self.fmt.snap_ranks(layer, self.modes[layer.name], ranks)
+        key = (layer.name, tuple(ranks))
+        if key not in self._plain:
+            self._plain[key] = self._plain_plan(layer, ranks)
+        return self._plain[key]
+
+    def _plain_plan(self, layer: Layer, ranks: list[int]) -> LayerPlan | None:
+        candidates = getattr(self.fmt, "_options", None)
+        if candidates is None:
+            return None
+        modes, realized = self.modes[layer.name], self.layer(layer, ranks)
+        options = candidates(layer, modes)
+        if realized.params is None or realized.params <= self.fmt.cost(layer, modes, ranks, options[0]).params:
+            return None  # the realized form is among those below and the fastest: no fallback
+        costs = [self.fmt.cost(layer, modes, ranks, o) for o in options]
+        best = min((c.speed_score, c.params, i) for i, c in enumerate(costs) if c.params <= costs[0].params)[2]
+        cost = costs[best]
+        if options[best] == realized.options or cost.params >= layer.params:
+            return None
+        if layer.macs is not None and cost.macs > layer.macs and not self.allow_more_macs:
+            return None
+        return LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params, cost.macs)
 
     def plan(self, ranks: dict[str, list[int] | None]) -> list[LayerPlan]:
         """LayerPlans of all layers in order (skipped ones as ``skip``)."""
@@ -187,14 +216,77 @@ class MacCapped:
         return {name: self.rank(name, i) for name in self.limits}
 
 
+def grow_bonds(planner: Planner, targets: dict[str, float], plans: list[LayerPlan]) -> tuple[list[LayerPlan], int]:
+    """Spend the slack the knob's whole-layer steps left: grow one bond of one compressed layer by one rank
+    step (``snap_ranks``, never above its cap) at a time, while everything fits ``targets``.
+
+    Within a layer the least filled bond (rank / cap, as the family scales ranks from the caps) whose
+    step fits goes first, in the realized form if that fits, else in the plain one (``Planner.plain``).
+    Across layers the cheapest step goes first (sum over the budgeted metrics of its increase over the
+    target). A step that costs nothing (a bond inside a merged core) goes straight to the bond's cap when
+    that is free too. A layer that would turn dense (no params saved, or more MACs than dense unless
+    allowed) does not grow. Returns the plans and the number of steps taken.
+    """
+    chosen = {lp.name: lp for lp in plans if lp.name in planner.caps}
+    size = planner.size(plans)
+
+    def bonds(lp: LayerPlan) -> list[tuple[list[int], list[int]]]:
+        """Ranks one step up and at the cap, at each growable bond of ``lp``, least filled bond first."""
+        if lp.action != "compress":
+            return []
+        layer, modes, caps = lp.layer, planner.modes[lp.name], planner.caps[lp.name]
+        out = []
+        for k in sorted(range(len(caps)), key=lambda k: (lp.ranks[k] / caps[k], k)):
+            for up in range(lp.ranks[k] + 1, caps[k] + 1):
+                ranks = planner.fmt.snap_ranks(layer, modes, [*lp.ranks[:k], up, *lp.ranks[k + 1:]])
+                if ranks != lp.ranks:
+                    if all(old <= new <= c for old, new, c in zip(lp.ranks, ranks, caps)):
+                        top = planner.fmt.snap_ranks(layer, modes, [*lp.ranks[:k], caps[k], *lp.ranks[k + 1:]])
+                        out.append((ranks, top))
+                    break
+        return out
+
+    def proposal(name: str) -> tuple[float, dict[str, int], LayerPlan] | None:
+        """The layer's first bond step that fits: (cost, size increase, plan)."""
+        lp = chosen[name]
+        here = planner.size([lp])
+        for ranks, top in steps_of[name]:
+            for cand in (planner.layer(lp.layer, ranks), planner.plain(lp.layer, ranks)):
+                if cand is None or cand.action != "compress":
+                    continue
+                delta = {m: v - here[m] for m, v in planner.size([cand]).items()}
+                if all(size[m] + delta[m] <= t for m, t in targets.items()):
+                    if not any(delta.values()) and top != ranks:  # free (e.g. inside a merged core): to the cap
+                        jump = planner.layer(lp.layer, top)
+                        if jump.action == "compress" and planner.size([jump]) == here:
+                            cand = jump
+                    return sum(delta[m] / t for m, t in targets.items()), delta, cand
+        return None
+
+    steps_of = {name: bonds(lp) for name, lp in chosen.items()}
+    steps = 0
+    while True:
+        picks = [(p[0], name, p) for name in chosen if (p := proposal(name))]
+        if not picks:
+            break
+        _, name, (_, delta, cand) = min(picks, key=lambda x: (x[0], x[1]))
+        chosen[name], steps = cand, steps + 1
+        size = {m: size[m] + delta[m] for m in size}
+        steps_of[name] = bonds(cand)
+    return [chosen.get(lp.name, lp) for lp in plans], steps
+
+
 def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
     """Least compressed plan of ``family`` within ``budget``.
 
     Phase 1 bisects ``family.values`` (MAC-capped) for the last candidate ``lo`` that fits. Phase 2
     (fill) keeps walking the candidates after ``lo``: at each, the layers whose ranks change take the
     new ranks if the plan still fits, else they are frozen where they are while the others go on. So
-    the plan is the knob's plan except that layers whose next step did not fit stop early; phase 2
-    only spends the slack that rank granularity left after phase 1.
+    the plan is the knob's plan except that layers whose next step did not fit stop early; a step that
+    overshoots only because it switched a layer to merged cores (more params) is retried with those
+    layers in their plain realization (``Planner.plain``). Phase 3 (``grow_bonds``) then grows single
+    bonds one rank step at a time into what is left. Phases 2 and 3 only spend the slack that rank
+    granularity left after phase 1.
     """
     base = planner.base()
     targets = budget.targets(base)
@@ -203,8 +295,11 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
     evaluations = planner.evaluations
     capped = MacCapped(planner, family)
 
-    def fits(ranks: dict[str, list[int] | None]) -> tuple[bool, list[LayerPlan], dict[str, int]]:
-        plans = planner.plan(ranks)
+    by_name = {lay.name: lay for lay in planner.active}
+
+    def fits(ranks: dict[str, list[int] | None], override: dict[str, LayerPlan] | None = None
+             ) -> tuple[bool, list[LayerPlan], dict[str, int]]:
+        plans = [(override or {}).get(lp.name, lp) for lp in planner.plan(ranks)]
         size = planner.size(plans)
         return all(size[m] <= t for m, t in targets.items()), plans, size
 
@@ -225,6 +320,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
             hi = mid
     knob_only = best[1]
     current, frozen = capped.ranks(lo), set()
+    override: dict[str, LayerPlan] = {}  # layers taken in the plain realization instead of the realized one
     moving = [n for n, limit in capped.limits.items() if limit > lo]  # layers that may still change
     for i in range(lo + 1, len(family.values)):
         moving = [n for n in moving if n not in frozen and capped.limits[n] >= i]
@@ -233,12 +329,19 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
         step = {n: r for n in moving if (r := capped.rank(n, i)) != current[n]}
         if not step:
             continue
-        ok, plans, size = fits({**current, **step})
+        kept = {n: lp for n, lp in override.items() if n not in step}
+        ok, plans, size = fits({**current, **step}, kept)
+        if not ok:  # the step may have switched to merged cores (more params): retry those layers plain
+            plain = {n: lp for n, r in step.items() if r is not None and (lp := planner.plain(by_name[n], r))}
+            if plain:
+                ok, plans, size = fits({**current, **step}, {**kept, **plain})
+                kept |= plain
         if ok:
-            current, best = {**current, **step}, (plans, size)
+            current, override, best = {**current, **step}, kept, (plans, size)
         else:
             frozen |= step.keys()
-    plans, size = best
+    plans, bond_steps = grow_bonds(planner, targets, best[0])
+    size = planner.size(plans)
     capped_names = [n for n, limit in capped.limits.items() if limit < len(family.values) - 1 and n not in frozen]
     plans = [replace(lp, reason=MAC_CAP_NOTE) if lp.name in capped_names and lp.action == "compress" else lp
              for lp in plans]
@@ -251,6 +354,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
         "of_target": {m: size[m] / t for m, t in targets.items()},
         "knob_only": {"of_target": {m: knob_only[m] / t for m, t in targets.items()}, "achieved": knob_only},
         "fill_frozen": sorted(frozen),
+        "fill_bond_steps": bond_steps,
         "mac_capped": capped_names,
         "evaluations": planner.evaluations - evaluations,
         "candidates": len(family.values),
