@@ -145,13 +145,15 @@ def main() -> int:
         **{f"trn{r}": (lambda r=r: bench.run(f"trn{r}", f"TR r={r} (TR-SVD + KD)", bench.uniform_plan(r),
                                              Settings(epochs=args.trn_epochs, threads=t)))
            for r in (10, 15, 20)},
-        "l0_20x": lambda: bench.run("l0_20x", "ℓ0 + TR, λ=10, target 21×", bench.uniform_plan(25), Settings(
-            method="l0", lam=10.0, mu_scale=20, target_cr=21, select_epochs=3, epochs=12, threads=t)),
-        "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=50, target 82×", bench.uniform_plan(25), Settings(
+        "l0_20x": lambda: bench.run(
+            "l0_20x", "ℓ0 + TR, λ=15, layer-normalised penalty, target 21×", bench.uniform_plan(25),
+            Settings(method="l0", lam=15.0, mu_scale=20, normalize="layer", target_cr=21, select_epochs=3, epochs=12,
+                     threads=t)),
+        "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=50, per-bond mean penalty, target 82×", bench.uniform_plan(25), Settings(
             method="l0", lam=50.0, mu_scale=20, target_cr=82, select_epochs=4, epochs=8, threads=t)),
         "l0_80x_layer": lambda: bench.run(
             "l0_80x_layer", "ℓ0 + TR, λ=60, layer-normalised penalty, target 82×", bench.uniform_plan(25),
-            Settings(method="l0", lam=60.0, mu_scale=20, normalize="layer", target_cr=82, select_epochs=3, epochs=8,
+            Settings(method="l0", lam=60.0, mu_scale=20, normalize="layer", target_cr=82, select_epochs=3, epochs=20,
                      threads=t)),
         **{f"lwiq_{k}": (lambda k=k: bench.run(
             f"lwiq_{k}", f"LWIQ + TR at the {k} ℓ0 budget", bench.lwiq_plan(bench.rows[k]["params"]),
