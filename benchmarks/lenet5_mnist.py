@@ -149,8 +149,9 @@ def main() -> int:
             "l0_20x", "ℓ0 + TR, λ=15, layer-normalised penalty, target 21×", bench.uniform_plan(25),
             Settings(method="l0", lam=15.0, mu_scale=20, normalize="layer", target_cr=21, select_epochs=3, epochs=12,
                      threads=t)),
-        "l0_80x": lambda: bench.run("l0_80x", "ℓ0 + TR, λ=50, per-bond mean penalty, target 82×", bench.uniform_plan(25), Settings(
-            method="l0", lam=50.0, mu_scale=20, target_cr=82, select_epochs=4, epochs=8, threads=t)),
+        "l0_80x": lambda: bench.run(
+            "l0_80x", "ℓ0 + TR, λ=50, per-bond mean penalty, target 82×", bench.uniform_plan(25),
+            Settings(method="l0", lam=50.0, mu_scale=20, target_cr=82, select_epochs=4, epochs=8, threads=t)),
         "l0_80x_layer": lambda: bench.run(
             "l0_80x_layer", "ℓ0 + TR, λ=60, layer-normalised penalty, target 82×", bench.uniform_plan(25),
             Settings(method="l0", lam=60.0, mu_scale=20, normalize="layer", target_cr=82, select_epochs=3, epochs=20,
