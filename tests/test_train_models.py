@@ -136,3 +136,28 @@ def test_finetune_recovers_accuracy_of_compressed_lenet5(tmp_path):
     onnx.checker.check_model(tuned, full_check=True)
     accuracy = (run_ort(tuned, {"input": val.x})[0].argmax(1) == val.y).mean()
     assert accuracy == pytest.approx(best)
+
+
+ALL_FORMATS = ["tt", "tr", "tucker", "cp", "svd", "stt", "str", "sttu"]
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("name", ["gemm_transA_row_bias", "matmul_3d", "conv_stride_pad", "conv1d"])
+def test_every_format_runs_in_torch_like_ort(tmp_path, fmt, name):
+    """Parity and a trainable round trip for each format's emitted chain (rank 4, so nothing is exact)."""
+    proto = SINGLE_LAYERS[name]
+    out, _, _ = compress_one(tmp_path, proto, fmt, 4)
+    inputs = random_inputs(proto, batch=3)
+    assert_parity(out, inputs)
+    assert_trainable_round_trip(out, inputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.onnx")), ids=lambda p: p.name)
+def test_every_format_of_shipped_models(tmp_path, path, fmt):
+    out = tmp_path / f"{fmt}.onnx"
+    assert main(["compress", str(path), "-o", str(out), "--format", fmt, "--ratio", "0.3", "--force",
+                 "--allow-more-macs", "--quiet"]) == 0
+    compressed = onnx.load(out)
+    assert_parity(compressed, random_inputs(compressed, batch=2))
