@@ -125,6 +125,12 @@ class Bench:
             "of the trained weights, distillation from the original (T = 4, kd weight 0.9), Adam, cosine lr, "
             "batch 128, 1 CPU thread on a shared 2-core machine (wall times include contention).", "",
             *align(headers, ours), "",
+            "Notes: the ℓ0 rows start from uniform rank 25 (clipped to the TR-SVD caps, 11.3×); the epochs are "
+            "gate training + fine-tuning at the learned ranks. TR-SVD caps the bonds next to the ring closure at "
+            "2-3, and Cao's per-bond mean penalty pushes each gate of such a bond about 24× harder than a gate of a "
+            "rank-25 bond: those bonds drop to rank 1 (row 'per-bond mean', 84 %). The layer-normalised penalty "
+            "(1/(R-1) per gate, identical to Cao's when all bonds have one size) avoids that. The LWIQ allocation "
+            "gives fc2 ranks 1-2-1-1 at both budgets; its fine-tuning does not recover (29-32 %).", "",
             "Paper rows (Cao et al., IJCAI 2024, mean of 5 runs, 150 epochs from random init):", "",
             *align(headers, paper), "",
             "Learned / used TR ranks per layer (entry k is the bond of core k to core k+1, the last closes the "
