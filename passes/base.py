@@ -71,6 +71,10 @@ class Format(ABC):
             if not 1 <= r <= cap:
                 raise ValueError(f"{self.name} rank {i} of {layer.name} is {r}, must be in [1, {cap}]")
 
+    def options(self, layer: Layer, modes: dict) -> list[dict]:
+        """Candidate realizations ``realize`` chooses from, the plain (unmerged) chain first."""
+        return [{}]
+
     def realize(self, layer: Layer, modes: dict, ranks: list[int]) -> dict:
         """Choose how to lay the chain out (direction, merged cores) from the cost model."""
         return {}

@@ -163,7 +163,7 @@ class STTuFormat(_SemiTensor):
         o, c = layer.out_features, layer.in_features
         return [t * min(o // t, t * c * k), t * min(c // t, t * o * k)]
 
-    def _options(self, layer: Layer, modes: dict) -> list[dict]:
+    def options(self, layer: Layer, modes: dict) -> list[dict]:
         return [{}]  # one realization
 
     def cost(self, layer: Layer, modes: dict, ranks: list[int], options: dict | None = None) -> Cost:
@@ -266,8 +266,8 @@ class _Lowered(_SemiTensor):
         j = self._core(layer, modes)
         return [*cores[:j], _from_stp(cores[j], _t(modes), self._phys(layer, modes)), *cores[j + 1 :]]
 
-    def _options(self, layer: Layer, modes: dict) -> list[dict]:
-        return self.base._options(layer, self._base_modes(modes))
+    def options(self, layer: Layer, modes: dict) -> list[dict]:
+        return self.base.options(layer, self._base_modes(modes))
 
     def realize(self, layer: Layer, modes: dict, ranks: list[int]) -> dict:
         return self.base.realize(layer, self._base_modes(modes), self._base_ranks(layer, modes, ranks))

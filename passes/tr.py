@@ -392,7 +392,7 @@ class TRFormat(Format):
         self.check_modes(layer, modes)
         return tr_caps(ring_dims(layer, modes))
 
-    def _options(self, layer: Layer, modes: dict) -> list[dict]:
+    def options(self, layer: Layer, modes: dict) -> list[dict]:
         if layer.kind == "conv":
             ins = (["lr", "rl", "merged"] if len(modes["in"]) > 1 else ["lr"]) + ["absorbed"]
             outs = ["lr", "rl", "merged"] if len(modes["out"]) > 1 else ["lr"]
@@ -403,7 +403,7 @@ class TRFormat(Format):
         ]
 
     def realize(self, layer: Layer, modes: dict, ranks: list[int]) -> dict:
-        return cheapest_option(self, layer, modes, ranks, self._options(layer, modes))
+        return cheapest_option(self, layer, modes, ranks, self.options(layer, modes))
 
     def cost(self, layer: Layer, modes: dict, ranks: list[int], options: dict | None = None) -> Cost:
         options = options if options is not None else self.realize(layer, modes, ranks)

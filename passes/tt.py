@@ -296,7 +296,7 @@ class TTFormat(Format):
         self.check_modes(layer, modes)
         return tt_caps(self.tt_dims(layer, modes))
 
-    def _options(self, layer: Layer, modes: dict) -> list[dict]:
+    def options(self, layer: Layer, modes: dict) -> list[dict]:
         if layer.kind == "conv":
             sides = ["chain", "merged", "absorbed"]
             return [{"input": i, "output": o} for i, o in product(sides, sides) if not i == o == "absorbed"]
@@ -305,7 +305,7 @@ class TTFormat(Format):
         return [{"direction": r, "split": s} for s in splits for r in ("lr", "rl")]
 
     def realize(self, layer: Layer, modes: dict, ranks: list[int]) -> dict:
-        return cheapest_option(self, layer, modes, ranks, self._options(layer, modes))
+        return cheapest_option(self, layer, modes, ranks, self.options(layer, modes))
 
     def cost(self, layer: Layer, modes: dict, ranks: list[int], options: dict | None = None) -> Cost:
         options = options if options is not None else self.realize(layer, modes, ranks)

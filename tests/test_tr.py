@@ -73,7 +73,7 @@ def test_every_realization_exact_and_costed(tmp_path, model):
     proto = REALIZATION_MODELS[model]()
     layer, _ = probe_layer(proto, tmp_path)
     fmt = get_format("tr")
-    options = fmt._options(layer, fmt.default_modes(layer))
+    options = fmt.options(layer, fmt.default_modes(layer))
     assert len(options) >= 2
     for opt in options:
         for rank in (FULL, 3):

@@ -54,7 +54,7 @@ def realizations(tmp_path: Path, proto: onnx.ModelProto) -> list[dict]:
     onnx.save(proto, path)
     (layer,) = [lay for lay in find_layers(load_model(path)) if lay.compressible]
     fmt = get_format("tt")
-    return fmt._options(layer, fmt.default_modes(layer))
+    return fmt.options(layer, fmt.default_modes(layer))
 
 
 SINGLE_LAYERS = {

@@ -72,7 +72,7 @@ def _options(proto, tmp_path):
     onnx.save(proto, path)
     (layer,) = [lay for lay in find_layers(load_model(path)) if lay.compressible]
     fmt = get_format("tt")
-    return fmt._options(layer, fmt.default_modes(layer))
+    return fmt.options(layer, fmt.default_modes(layer))
 
 
 @pytest.mark.parametrize("model", ["gemm", "gemm_3modes", "conv"])

@@ -128,11 +128,11 @@ class Planner:
         return self._plain[key]
 
     def _plain_plan(self, layer: Layer, ranks: list[int]) -> LayerPlan | None:
-        candidates = getattr(self.fmt, "_options", None)
-        if candidates is None:
-            return None
-        modes, realized = self.modes[layer.name], self.layer(layer, ranks)
-        options = candidates(layer, modes)
+        modes = self.modes[layer.name]
+        options = self.fmt.options(layer, modes)
+        if len(options) < 2:
+            return None  # a single realization: nothing to fall back to
+        realized = self.layer(layer, ranks)
         if realized.params is None or realized.params <= self.fmt.cost(layer, modes, ranks, options[0]).params:
             return None  # the realized form is among those below and the fastest: no fallback
         costs = [self.fmt.cost(layer, modes, ranks, o) for o in options]

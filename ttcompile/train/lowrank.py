@@ -75,7 +75,7 @@ def reconstruct_torch(fmt: Format, cores: list[torch.Tensor], layer: Layer, mode
 def smallest_options(fmt: Format, layer: Layer, modes: dict, ranks: list[int]) -> dict:
     """The realization storing the fewest parameters (fastest among equals), for parameter budgets;
     ``fmt.realize`` may trade up to 1.5x the parameters for speed."""
-    candidates = fmt._options(layer, modes)  # the realizations realize() chooses from
+    candidates = fmt.options(layer, modes)  # the realizations realize() chooses from
     costs = [fmt.cost(layer, modes, ranks, o) for o in candidates]
     return candidates[min(range(len(costs)), key=lambda i: (costs[i].params, costs[i].speed_score))]
 
