@@ -229,17 +229,22 @@ def _pool_matrix(n: int, s: int) -> np.ndarray:
 
 
 def embed(a: np.ndarray, channels_first: bool, target: int = EMBEDDING_TARGET) -> np.ndarray:
-    """Fixed-length embedding ``(N, D)`` (float64) of an activation batch (see the module docstring)."""
-    a = np.asarray(a, dtype=np.float64)
+    """Fixed-length embedding ``(N, D)`` (float64) of an activation batch (see the module docstring).
+
+    Pooling is one matrix product per spatial axis in the activation's own float precision (float32 for
+    float16 maps), then float64.
+    """
+    a = np.asarray(a)
     if a.ndim == 2:
-        return a
+        return a.astype(np.float64)
     if not channels_first:
-        return a.reshape(a.shape[0], -1, a.shape[-1]).mean(axis=1)
-    out = a
+        return a.reshape(a.shape[0], -1, a.shape[-1]).mean(axis=1, dtype=np.float64)
+    dtype = np.float64 if a.dtype == np.float64 else np.float32
+    out = a.astype(dtype, copy=False)
     for axis, s in enumerate(pool_cells(a.shape[1], a.shape[2:], target)):
-        out = np.moveaxis(np.tensordot(out, _pool_matrix(a.shape[2 + axis], s), axes=([2 + axis], [1])), -1,
-                          2 + axis)
-    return out.reshape(a.shape[0], -1)
+        moved = np.moveaxis(out, 2 + axis, -1)
+        out = np.moveaxis(moved @ _pool_matrix(a.shape[2 + axis], s).T.astype(dtype), -1, 2 + axis)
+    return out.reshape(a.shape[0], -1).astype(np.float64)
 
 
 # ---- batched runs -------------------------------------------------------------------------------
