@@ -58,7 +58,7 @@ from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
 from ttcompile.passes.base import get_format
 from ttcompile.plan import file_sha256
-from ttcompile.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, boundary_inputs, measure_curves
+from ttcompile.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, layer_span, measure_curves
 from ttcompile.targets import Targets, make_targets
 
 ANALYSIS_VERSION = 2
@@ -228,12 +228,14 @@ def analyze(
     input_shapes: dict | None = None,
     pseudo_classes: int = 10,
     curve_samples: int = CURVE_SAMPLES,
+    readout: str = "next",
     progress: bool = True,
 ) -> Analysis:
     """Run the LWIQ analysis of ``model_path`` on calibration data ``calib_spec`` (see the module docstring).
 
     ``formats``: the formats to measure sensitivity curves in (none: scores only); ``modes`` overrides
-    factorisations per layer as ``compress --modes`` does.
+    factorisations per layer as ``compress --modes`` does; ``readout``: where a layer's candidates are
+    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.sensitivity.layer_span``).
     """
     start = time.perf_counter()
     model = load_model(model_path)
@@ -256,8 +258,9 @@ def analyze(
     logits = proto.graph.output[0].name
     values = list(dict.fromkeys(p.value for p in probes))
     x_name = model_input(proto).name
-    needed = sorted({n for p in probes if any(p.layer in pl.caps for pl in planners.values())
-                     for n in boundary_inputs(model, p)})
+    spans = {p.layer: layer_span(model, probes, p, readout) for p in probes
+             if any(p.layer in pl.caps for pl in planners.values())}
+    needed = sorted({n for span in spans.values() for n in span.inputs})
     channels_first = {p.value: p.channels_first for p in probes} | {INPUT: calib.x.ndim > 2}
     outputs = list(dict.fromkeys([logits, *values, *(n for n in needed if n != x_name)]))
     runner = BatchRunner(probe_model(model, outputs[1:]), model_input(proto), outputs, batch)
@@ -286,7 +289,7 @@ def analyze(
         items = len(held_idx) * targets.positions
         accuracy = {v: h / items for v, h in hits.items()}
         curve_labels = targets.items(held_idx[:capture.samples])
-        curves = {name: measure_curves(model, layers, probes, capture, planner, targets, proxies, curve_labels,
+        curves = {name: measure_curves(model, layers, spans, capture, planner, targets, proxies, curve_labels,
                                        batch=runner.batch, progress=progress)
                   for name, planner in planners.items()}
     finally:
@@ -302,6 +305,7 @@ def analyze(
         "imprint": int(len(imprint_idx)),
         "held_out": int(len(held_idx)),
         "curve_samples": int(capture.samples),
+        "readout": readout,
         "holdout_fraction": holdout,
         "seed": seed,
         "batch": runner.batch,
