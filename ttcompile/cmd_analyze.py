@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ttcompile.argtypes import batch_int, float_in
 from ttcompile.lwiq import analyze
+from ttcompile.paths import check_outputs
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.tables import align, count
 
@@ -14,14 +16,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", required=True, help="calibration data: .npz with x (and optional y), or a dataset "
                                                   "spec such as mnist:val; without y the model's top-1 is used")
     p.add_argument("-o", "--output", required=True, help="analysis JSON to write (input of compress --analysis)")
-    p.add_argument("--batch", type=int, default=256, help="samples per ORT run (memory stays bounded)")
-    p.add_argument("--holdout", type=float, default=0.5, help="fraction of samples held out for proxy accuracy")
+    p.add_argument("--batch", type=batch_int, default=256, help="samples per ORT run (memory stays bounded)")
+    p.add_argument("--holdout", type=float_in(0.0, 1.0, low_open=False), default=0.5,
+                   help="fraction of samples held out for proxy accuracy")
     p.add_argument("--seed", type=int, default=0, help="seed of the imprint/held-out split")
     p.add_argument("--input-shape", action="append", metavar="NAME=DxD..", help="fix dynamic input dims")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([("MODEL", args.model), ("--calib", args.calib)], [("-o", args.output)])
     a = analyze(args.model, args.calib, batch=args.batch, holdout=args.holdout, seed=args.seed,
                 input_shapes=parse_input_shapes(args.input_shape), progress=not args.quiet)
     a.save(args.output)

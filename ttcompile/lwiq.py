@@ -50,7 +50,7 @@ from ttcompile.features import (
 )
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
-from ttcompile.plan import file_sha256
+from ttcompile.plan import check_types, file_sha256
 
 ANALYSIS_VERSION = 1
 EPSILON = 1e-3
@@ -79,6 +79,9 @@ class LayerScore:
 
     @classmethod
     def from_json(cls, d: dict) -> LayerScore:
+        num = (int, float)
+        check_types(d, {"layer": (dict,), "embedding": (int,), "proxy_accuracy": num, "previous_accuracy": num,
+                        "gain": num, "score": num}, "analysis layer")
         return cls(**{**d, "layer": Layer.from_json(d["layer"])})
 
 
@@ -112,12 +115,17 @@ class Analysis:
     def load(cls, path: str | Path) -> Analysis:
         try:
             d = json.loads(Path(path).read_text())
+            check_types(d, {"model_sha256": (str,), "layers": (list,), "calibration": (dict,)}, "analysis")
             if d.pop("kind", None) != "lwiq-analysis" or d.pop("version", None) != ANALYSIS_VERSION:
                 raise ValueError(f"not an LWIQ analysis of version {ANALYSIS_VERSION}")
             d["layers"] = [LayerScore.from_json(x) for x in d["layers"]]
             return cls(**d)
         except FileNotFoundError:
             raise UserError(f"{path}: no such analysis file") from None
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read the analysis ({exc.strerror})") from None
+        except RecursionError:
+            raise UserError(f"{path}: not a valid ttcompile analysis (nested too deeply)") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{path}: not a valid ttcompile analysis ({exc})") from exc
 
