@@ -21,7 +21,7 @@ from ttcompile.errors import UserError
 from ttcompile.gate import enforce, judge
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import NON_FINITE, find_layers
-from ttcompile.paths import check_outputs
+from ttcompile.paths import check_output, check_outputs
 from ttcompile.plan import Plan
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.verify import check_model, graph_inputs, random_inputs, relative_errors
@@ -80,6 +80,7 @@ def check_paths(args: argparse.Namespace) -> None:
     """Before any work: OUT and its plan are writable files that are none of the inputs."""
     inputs = [("MODEL", args.model)] + [(f"--{k}", getattr(args, k, None))
                                         for k in ("plan", "data", "train", "val", "analysis", "calib")]
+    check_output(args.output, "-o")  # a name at all, before deriving its plan's name
     check_outputs(inputs, [("-o", args.output), ("plan of -o", plan_path(args.output))])
 
 

@@ -12,8 +12,10 @@ perturbations of successive layers add, so the plan predicts ``E ~ sum_l e_l``. 
 * ``FLOOR`` = 1e-4: float32 round-off. At full rank (every ``e_l`` ~ 1e-7) this is the whole limit,
   so a full-rank rewrite (or ``--plan`` of one) that is more than 1e-4 off fails;
 * ``FACTOR`` = 10: generous head-room for inputs that are not isotropic (real data, ReLUs);
-* ``CEILING`` = 4: an output 4x its own size away from the reference is wrong whatever the plan says
-  (outputting zeros would be off by 1), so a hand-edited plan giving a 100x wrong output fails.
+* ``CEILING`` = 10: an output 10x its own size away from the reference is wrong whatever the plan says
+  (outputting zeros would be off by 1), so a hand-edited plan giving a 100x wrong output fails. Aggressive
+  compressions measured on random inputs reach about 3 (LeNet-5, Tucker-2 at 2 % of the parameters),
+  because their layer errors are near 1 and the errors of the logits do not cancel.
 
 ``--max-error E`` replaces the limit. Trained cores (``--train``) are no longer approximations of the
 weights, so for them only ``--max-error`` (when given) and finiteness are checked. Non-finite outputs
@@ -29,7 +31,7 @@ from ttcompile.errors import VerificationError
 
 FLOOR = 1e-4
 FACTOR = 10.0
-CEILING = 4.0
+CEILING = 10.0
 
 
 @dataclass
