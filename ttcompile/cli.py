@@ -46,22 +46,24 @@ def _one_line(exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    prog = "ttcompile"
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed
-        return int(exc.code or 0)
-    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, or a usage error already printed
+            return int(exc.code or 0)
+        prog = f"ttcompile {args.command}"
         require_onnxruntime()  # a base install without a runtime flavour stops here, with the fix
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as exc:
-        print(f"ttcompile {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER
     except VerificationError as exc:
-        print(f"ttcompile {args.command}: verification failed: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: verification failed: {_one_line(exc)}", file=sys.stderr)
         return EXIT_VERIFY
     except KeyboardInterrupt:
-        print(f"ttcompile {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

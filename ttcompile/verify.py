@@ -69,7 +69,10 @@ def relative_errors(
     names: tuple[str, str] = ("the original model", "the compressed model"),
 ) -> dict[str, float]:
     """||y - y_ref|| / ||y_ref|| per graph output (not finite when the compressed output is not)."""
-    ref, got = run(original, feeds, name=names[0]), run(compressed, feeds, name=names[1])
+    try:
+        ref, got = run(original, feeds, name=names[0]), run(compressed, feeds, name=names[1])
+    except UserError as exc:
+        raise UserError(f"{exc}; so the output comparison cannot run (nothing written)") from None
     if not all(np.isfinite(v).all() for v in ref.values()):
         raise UserError(f"{names[0]}: its outputs are not finite on the comparison inputs; nothing to compare with")
     return {
