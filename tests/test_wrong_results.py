@@ -177,3 +177,14 @@ def test_finetune_with_a_non_finite_loss_stops_with_an_error(mlp, tmp_path, caps
                  "--epochs", "1", "--quiet", "--threads", "1"]) == 2
     assert "non-finite" in _one_error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_conv_chains_run_on_an_empty_batch(fmt, tmp_path, capsys):
+    """sttu's Reshape [0, C/t, -1, 0] could not infer -1 from 0 elements; every chain now takes batch 0."""
+    src, out = tmp_path / "conv.onnx", tmp_path / "out.onnx"
+    onnx.save(conv_model(c_in=8, c_out=16, spatial=(8, 8)), src)
+    assert main(["compress", str(src), "-o", str(out), "--format", fmt, "--rank", "1000", "--force",
+                 "--allow-more-macs", "--quiet", "--input-shape", "x=1x8x8x8"]) == 0, capsys.readouterr().err
+    x = np.zeros((0, 8, 8, 8), np.float32)
+    assert _ort(out, {"x": x}).shape == _ort(src, {"x": x}).shape == (0, 16, 6, 6)
