@@ -52,7 +52,8 @@ def check_npz_sizes(path: Path) -> None:
                     read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                     shape, _, dtype = read(fh)
                     if dtype.hasobject:
-                        raise UserError(f"{path}: array {info.filename!r} holds Python objects; only numbers are read")
+                        raise UserError(f"{path}: unreadable array {info.filename!r} (Python objects; only "
+                                        "numbers are read)")
                     declared = prod(shape) * dtype.itemsize
                     if declared > info.file_size:
                         raise UserError(f"{path}: array {info.filename!r} declares shape {shape} "

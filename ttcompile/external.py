@@ -66,7 +66,7 @@ def check_external_data(path: Path, model: onnx.ModelProto) -> None:
         try:
             st = os.stat(target)
         except OSError:
-            raise UserError(f"{path}: tensor {name!r}: external data file {location!r} does not exist") from None
+            raise UserError(f"{path}: missing external data file {location!r} (tensor {name!r})") from None
         if not stat.S_ISREG(st.st_mode):
             raise UserError(f"{path}: tensor {name!r}: external data {location!r} is not a regular file")
         offset = _int(info.get("offset"), "offset", name, path) or 0
