@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from robustness_corpus import Case, build  # noqa: E402
+from robustness_cases import build  # noqa: E402
+from robustness_corpus import Case  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEMORY_LIMIT = 4 << 30
