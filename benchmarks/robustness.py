@@ -66,8 +66,8 @@ def _snapshot(folder: Path) -> dict[str, str]:
     for p in sorted(folder.rglob("*")):
         if p.is_file() and not p.is_symlink():
             out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
-        elif p.is_symlink() or p.is_dir():
-            out[str(p.relative_to(folder))] = "link" if p.is_symlink() else "dir"
+        else:
+            out[str(p.relative_to(folder))] = "link" if p.is_symlink() else "dir" if p.is_dir() else "special"
     return out
 
 
@@ -179,6 +179,7 @@ def prepare(root: Path) -> list[Case]:
     plan = json.loads((folder / "good.plan.json").read_text())
     analysis = json.loads((folder / "analysis.json").read_text())
     cases = build(root, plan, analysis)
+    os.mkfifo(folder / "fifo")  # a non-regular output target (standing in for a device node)
     if os.geteuid() != 0:  # root writes into read-only folders anyway
         (folder / "readonly").mkdir()
         os.chmod(folder / "readonly", 0o555)
