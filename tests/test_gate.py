@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 import ttcompile.cmd_compress as cmd_compress
 from ttcompile.cli import main
 from ttcompile.errors import EXIT_VERIFY
-from ttcompile.gate import CEILING, FLOOR, judge, predicted_limit
+from ttcompile.gate import CEILING, FLOOR, FP16_FLOOR, floor_for, judge, predicted_limit
 from ttcompile.models.data import embedded
 
 from graphs import gemm_model, mlp_model
@@ -28,6 +30,21 @@ def test_limit_from_layer_errors():
     assert not judge({"y": 0.2}, [0.01], max_error=0.1).passed
     assert judge({"y": 0.2}, [1e-7], max_error=0.5).passed
     assert judge({"y": 3.0}, [], trained=True).passed and not judge({"y": math.inf}, [], trained=True).passed
+
+
+def test_float16_models_get_a_float16_floor(tmp_path, capsys):
+    """A full-rank rewrite of a float16 model is off by float16 round-off (4e-4), not by 1e-4."""
+    model = mlp_model()
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for vi in (*model.graph.input, *model.graph.output):
+        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    src, out = tmp_path / "f16.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    assert floor_for(model) == FP16_FLOOR and floor_for(mlp_model()) == FLOOR
+    assert main(["compress", str(src), "-o", str(out), "--rank", "1000", "--force", "--allow-more-macs",
+                 "--quiet"]) == 0, capsys.readouterr().err
+    assert "within [0.01, 10]" in capsys.readouterr().out
 
 
 @pytest.fixture

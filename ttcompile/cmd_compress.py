@@ -18,7 +18,7 @@ from ttcompile.atomic import write_files_atomic
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.compress import RewriteResult, apply_plan, check_plan_layers
 from ttcompile.errors import UserError
-from ttcompile.gate import enforce, judge
+from ttcompile.gate import enforce, floor_for, judge
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import NON_FINITE, find_layers
 from ttcompile.paths import check_output, check_outputs
@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     source = args.data or "random inputs"
     for name, err in errors.items():
         print(f"output {name}: relative error {err:.3e} vs original on {source}")
-    verdict = judge(errors, [r.error for r in results if r.rewritten], args.max_error, trained=bool(args.train))
+    verdict = judge(errors, [r.error for r in results if r.rewritten], args.max_error, trained=bool(args.train),
+                    floor=floor_for(original))
     enforce(verdict)
     limit = "finite" if verdict.limit is None else f"<= {verdict.limit:.2e}"
     print(f"verification passed: output error {verdict.measured:.3e}, allowed {limit} ({verdict.basis})")

@@ -10,7 +10,9 @@ perturbations of successive layers add, so the plan predicts ``E ~ sum_l e_l``. 
     limit = max(FLOOR, min(FACTOR * sum_l e_l, CEILING))
 
 * ``FLOOR`` = 1e-4: float32 round-off. At full rank (every ``e_l`` ~ 1e-7) this is the whole limit,
-  so a full-rank rewrite (or ``--plan`` of one) that is more than 1e-4 off fails;
+  so a full-rank rewrite (or ``--plan`` of one) that is more than 1e-4 off fails. A model computing in
+  float16 (its outputs are float16) gets ``FP16_FLOOR`` = 1e-2, ten times float16's epsilon (a full-rank
+  rewrite of a two-layer float16 MLP measures 4.4e-4);
 * ``FACTOR`` = 10: generous head-room for inputs that are not isotropic (real data, ReLUs);
 * ``CEILING`` = 10: an output 10x its own size away from the reference is wrong whatever the plan says
   (outputting zeros would be off by 1), so a hand-edited plan giving a 100x wrong output fails. Aggressive
@@ -27,9 +29,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import onnx
+
 from ttcompile.errors import VerificationError
 
 FLOOR = 1e-4
+FP16_FLOOR = 1e-2
 FACTOR = 10.0
 CEILING = 10.0
 
@@ -45,13 +50,19 @@ class Verdict:
         return math.isfinite(self.measured) and (self.limit is None or self.measured <= self.limit)
 
 
-def predicted_limit(layer_errors: list[float]) -> float:
+def predicted_limit(layer_errors: list[float], floor: float = FLOOR) -> float:
     """The default limit from the per-layer reconstruction errors (see the module docstring)."""
-    return max(FLOOR, min(FACTOR * sum(layer_errors), CEILING))
+    return max(floor, min(FACTOR * sum(layer_errors), CEILING))
+
+
+def floor_for(model: onnx.ModelProto) -> float:
+    """``FP16_FLOOR`` when any graph output of ``model`` is float16, else ``FLOOR``."""
+    types = {o.type.tensor_type.elem_type for o in model.graph.output}
+    return FP16_FLOOR if onnx.TensorProto.FLOAT16 in types else FLOOR
 
 
 def judge(output_errors: dict[str, float], layer_errors: list[float], max_error: float | None = None,
-          trained: bool = False) -> Verdict:
+          trained: bool = False, floor: float = FLOOR) -> Verdict:
     """The gate's verdict on measured ``output_errors`` (per output) for a rewrite with ``layer_errors``."""
     measured = max(output_errors.values(), default=0.0)
     if any(not math.isfinite(v) for v in output_errors.values()):
@@ -61,8 +72,8 @@ def judge(output_errors: dict[str, float], layer_errors: list[float], max_error:
     if trained:
         return Verdict(measured, None, "trained cores: finite outputs")
     total = sum(layer_errors)
-    return Verdict(measured, predicted_limit(layer_errors),
-                   f"{FACTOR:g} x the summed layer reconstruction errors {total:.2e}, within [{FLOOR:g}, {CEILING:g}]")
+    return Verdict(measured, predicted_limit(layer_errors, floor),
+                   f"{FACTOR:g} x the summed layer reconstruction errors {total:.2e}, within [{floor:g}, {CEILING:g}]")
 
 
 def enforce(verdict: Verdict) -> None:
