@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ttcompile.argtypes import batch_int, float_in
 from ttcompile.cli_options import parse_mode_overrides
 from ttcompile.lwiq import analyze
+from ttcompile.paths import check_outputs
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.tables import align, count
 
@@ -15,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", required=True, help="calibration data: .npz with x (and optional y), or a dataset "
                                                   "spec such as mnist:val; without y the model's top-1 is used")
     p.add_argument("-o", "--output", required=True, help="analysis JSON to write (input of compress --analysis)")
-    p.add_argument("--batch", type=int, default=256, help="samples per ORT run (memory stays bounded)")
-    p.add_argument("--holdout", type=float, default=0.5, help="fraction of samples held out for proxy accuracy")
+    p.add_argument("--batch", type=batch_int, default=256, help="samples per ORT run (memory stays bounded)")
+    p.add_argument("--holdout", type=float_in(0.0, 1.0, low_open=False), default=0.5,
+                   help="fraction of samples held out for proxy accuracy")
     p.add_argument("--seed", type=int, default=0, help="seed of the imprint/held-out split")
     p.add_argument("--format", default="tt", help="format(s) to measure rank-sensitivity curves in, comma "
                                                   "separated (default tt); compress --format must be one of them")
@@ -28,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([("MODEL", args.model), ("--calib", args.calib)], [("-o", args.output)])
     formats = [f for f in args.format.split(",") if f]
     a = analyze(args.model, args.calib, formats=formats, modes=parse_mode_overrides(args.modes), batch=args.batch,
                 holdout=args.holdout, seed=args.seed, input_shapes=parse_input_shapes(args.input_shape),

@@ -32,6 +32,7 @@ import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
+from ttcompile.argtypes import MAX_BATCH
 from ttcompile.errors import UserError
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
@@ -256,6 +257,9 @@ class BatchRunner:
     def __init__(self, model_bytes: bytes, inp: ModelInput, outputs: list[str], batch: int = 256):
         if batch < 1:
             raise UserError(f"batch size {batch} must be at least 1")
+        if inp.fixed_batch is not None and inp.fixed_batch > MAX_BATCH:
+            raise UserError(f"input {inp.name!r} has a fixed batch of {inp.fixed_batch} samples, more than the "
+                            f"{MAX_BATCH} a run may take")
         self.session = make_session(model_bytes)
         self.input, self.outputs = inp.name, outputs
         self.static = inp.fixed_batch is not None  # a static batch dim takes exactly that many samples

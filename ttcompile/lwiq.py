@@ -57,7 +57,7 @@ from ttcompile.features import (
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
 from ttcompile.passes.base import get_format
-from ttcompile.plan import file_sha256
+from ttcompile.plan import check_types, file_sha256
 from ttcompile.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, layer_span, measure_curves
 from ttcompile.targets import Targets, make_targets
 
@@ -88,6 +88,9 @@ class LayerScore:
 
     @classmethod
     def from_json(cls, d: dict) -> LayerScore:
+        num = (int, float)
+        check_types(d, {"layer": (dict,), "embedding": (int,), "proxy_accuracy": num, "previous_accuracy": num,
+                        "gain": num, "score": num}, "analysis layer")
         return cls(**{**d, "layer": Layer.from_json(d["layer"])})
 
 
@@ -128,7 +131,9 @@ class Analysis:
     def load(cls, path: str | Path) -> Analysis:
         try:
             d = json.loads(Path(path).read_text())
-            if not isinstance(d, dict) or d.pop("kind", None) != "lwiq-analysis":
+            check_types(d, {"model_sha256": (str,), "layers": (list,), "calibration": (dict,), "curves": (dict,)},
+                        "analysis")
+            if d.pop("kind", None) != "lwiq-analysis":
                 raise ValueError("not an LWIQ analysis")
             version = d.pop("version", None)
             if version != ANALYSIS_VERSION:
@@ -139,6 +144,10 @@ class Analysis:
             return cls(**d)
         except FileNotFoundError:
             raise UserError(f"{path}: no such analysis file") from None
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read the analysis ({exc.strerror})") from None
+        except RecursionError:
+            raise UserError(f"{path}: not a valid ttcompile analysis (nested too deeply)") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{path}: not a valid ttcompile analysis ({exc})") from exc
 
