@@ -55,6 +55,7 @@ from ttcompile.features import (
     probe_model,
 )
 from ttcompile.graph import load_model, to_proto
+from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer, find_layers
 from ttcompile.passes.base import get_format
 from ttcompile.plan import check_types, file_sha256
@@ -129,8 +130,7 @@ class Analysis:
 
     @classmethod
     def load(cls, path: str | Path) -> Analysis:
-        try:
-            d = json.loads(Path(path).read_text())
+        def parse(d) -> Analysis:
             check_types(d, {"model_sha256": (str,), "layers": (list,), "calibration": (dict,), "curves": (dict,)},
                         "analysis")
             if d.pop("kind", None) != "lwiq-analysis":
@@ -142,14 +142,8 @@ class Analysis:
             d["layers"] = [LayerScore.from_json(x) for x in d["layers"]]
             d["curves"] = {f: {n: Curve.from_json(c) for n, c in cs.items()} for f, cs in d["curves"].items()}
             return cls(**d)
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such analysis file") from None
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read the analysis ({exc.strerror})") from None
-        except RecursionError:
-            raise UserError(f"{path}: not a valid ttcompile analysis (nested too deeply)") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path}: not a valid ttcompile analysis ({exc})") from exc
+
+        return load_json(path, "analysis", parse)
 
     def check_model(self, model_path: str | Path) -> None:
         """UserError unless ``model_path`` is the model that was analysed (same SHA-256)."""

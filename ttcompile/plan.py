@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
+from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format, get_format
 
@@ -95,21 +96,14 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        try:
-            data = json.loads(Path(path).read_text())
+        def parse(data) -> Plan:
             check_types(data, {"model": _STR, "model_sha256": _STR, "settings": (dict,), "layers": (list,)}, "plan")
             if data.get("version") != PLAN_VERSION:
                 raise ValueError(f"plan version {data.get('version')!r}, expected {PLAN_VERSION}")
             return cls(data["model"], data["model_sha256"], data["settings"],
                        [LayerPlan.from_json(d) for d in data["layers"]])
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such plan file") from None
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read the plan ({exc.strerror})") from None
-        except RecursionError:
-            raise UserError(f"{path}: not a valid ttcompile plan (nested too deeply)") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path}: not a valid ttcompile plan ({exc})") from None
+
+        return load_json(path, "plan", parse)
 
     def totals(self) -> dict:
         """Compressible-layer params/MACs before and after (dense and skipped layers count as is)."""
