@@ -11,7 +11,8 @@ original) on the first ``--train-samples`` (20,000) MNIST training images, and t
 Calibration: 1,000 MNIST validation images (``models/mnist_calib.npz``). Search time: lwiq = its analysis
 in that format (one calibration pass + the sensitivity curves) + the solve; greedy = its per-layer
 whole-model evaluations + the solve; uniform/energy = their tables + the solve. ``cut bonds``: bonds at
-rank 1 with a cap > 2 in layers whose knob is above its minimum (should be 0).
+rank 1 with a cap > 2 in layers whose knob setting is above its minimum (should be 0; the fill phase may
+grow single bonds of a layer left at uniform rank 1, which is not counted).
 
 Rows are appended to ``benchmarks/results/allocators.json`` as they finish (keyed by model SHA-256,
 format, budget, allocator), so an interrupted run continues where it stopped; the table is rewritten
@@ -49,14 +50,18 @@ FRACTIONS = (1 / 5, 1 / 10, 1 / 20, 1 / 50)
 ORDER = ("lwiq", "lwiq-top1", "lwiq-gain", "uniform", "energy", "greedy")
 
 
-def cut_bonds(plan: Plan) -> int:
-    """Bonds at rank 1 whose cap is > 2, in compressed layers whose one-knob setting is above its minimum."""
+def cut_bonds(plan: Plan, found: Search, budget: Budget) -> int:
+    """Bonds at rank 1 whose cap is > 2, in compressed layers whose knob setting (the family's ranks at the
+    solved knob value, before the fill grows single bonds) is above its minimum (uniform rank 1)."""
+    family = found.family.for_budget(budget) if found.family.for_budget else found.family
+    knob = plan.settings["knob"]["value"]
     n = 0
     for lp in plan.layers:
         if lp.action != "compress":
             continue
         fmt = get_format(lp.format)
-        if lp.ranks == fmt.uniform_ranks(lp.layer, lp.modes, 1):
+        chosen = family.rank(lp.name, knob)
+        if chosen is None or fmt.snap_ranks(lp.layer, lp.modes, chosen) == fmt.uniform_ranks(lp.layer, lp.modes, 1):
             continue
         n += sum(r == 1 and cap > 2 for r, cap in zip(lp.ranks, fmt.max_ranks(lp.layer, lp.modes)))
     return n
@@ -77,8 +82,9 @@ def evaluate(proto, test: Dataset) -> float:
 def run_row(found: Search, fraction: float, test: Dataset, train: Dataset | None, epochs: int,
             extra_search_s: float) -> dict:
     """Solve, rewrite a fresh copy, score; fine-tune ``epochs`` on ``train`` and score again."""
+    budget = Budget(params=fraction)
     try:
-        plan = found.plan(Budget(params=fraction))
+        plan = found.plan(budget)
     except BudgetInfeasible as exc:
         return {"infeasible": str(exc)}
     model = ir.from_proto(to_proto(found.ctx.model))
@@ -87,7 +93,8 @@ def run_row(found: Search, fraction: float, test: Dataset, train: Dataset | None
     row = {"before": evaluate(student, test), "search_s": round(plan.settings["search_time_s"] + extra_search_s, 3),
            "params_fraction": plan.settings["budget"]["fractions"]["params"],
            "of_target": plan.settings["budget"]["of_target"]["params"],
-           "macs_fraction": plan.settings["budget"]["fractions"].get("macs"), "cut_bonds": cut_bonds(plan),
+           "macs_fraction": plan.settings["budget"]["fractions"].get("macs"),
+           "cut_bonds": cut_bonds(plan, found, budget),
            "layers": {lp.name: lp.ranks if lp.action == "compress" else lp.action for lp in plan.layers}}
     if epochs and train is not None:
         from ttcompile.train.finetune import finetune
