@@ -7,8 +7,8 @@ import argparse
 from ttcompile.argtypes import batch_int, float_in
 from ttcompile.cli_options import parse_mode_overrides
 from ttcompile.lwiq import analyze
-from ttcompile.sensitivity import READOUTS
 from ttcompile.paths import check_outputs
+from ttcompile.sensitivity import READOUTS
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.tables import align, count
 
