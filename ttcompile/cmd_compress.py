@@ -12,6 +12,7 @@ from ttcompile.allocators import add_budget_arguments, describe
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.compress import apply_plan
 from ttcompile.errors import UserError
+from ttcompile.feeds import load_named_feeds
 from ttcompile.graph import load_model, save_model, to_proto
 from ttcompile.plan import Plan
 from ttcompile.shapes import parse_input_shapes
@@ -22,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_arguments(p)
     p.add_argument("-o", "--output", required=True, help="compressed model to write (its plan goes beside it)")
     p.add_argument("--plan", help="apply this saved plan exactly instead of planning")
-    p.add_argument("--data", help="inputs for the output comparison: .npz with x, mnist[:split] or digits")
+    p.add_argument("--data", help="inputs for the output comparison: .npz with x (or one array per model input, "
+                   "by name), mnist[:split] or digits")
     p.add_argument("--samples", type=int, default=64, help="how many inputs to compare on (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_arguments(p)
@@ -58,6 +60,9 @@ def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
         return random_inputs(original, batch=min(args.samples, 8), input_shapes=parse_input_shapes(args.input_shape))
     from ttcompile.models.data import load_dataset
 
+    named = load_named_feeds(args.data, original)
+    if named is not None:
+        return named
     inputs = graph_inputs(original)
     if len(inputs) != 1:
         raise UserError(f"--data feeds one input, the model has {len(inputs)}")

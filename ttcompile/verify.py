@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 
 from ttcompile.errors import UserError
+from ttcompile.feeds import split_feeds
 from ttcompile.runtime import make_session
 from ttcompile.shapes import fix_input_dims
 
@@ -45,19 +46,29 @@ def random_inputs(
 
 def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], provider: str = "cpu") -> dict[str, np.ndarray]:
     """Run one session (created and released here, so sessions never overlap)."""
+    (out,) = run_split(proto, [feeds], provider)
+    return out
+
+
+def run_split(proto: onnx.ModelProto, feed_list, provider: str = "cpu") -> list[dict[str, np.ndarray]]:
+    """Outputs of one session for each feed dict of ``feed_list`` (e.g. ``feeds.split_feeds``)."""
     sess = make_session(proto.SerializeToString(), provider)
     names = [o.name for o in sess.get_outputs()]
-    out = dict(zip(names, sess.run(names, feeds)))
+    outs = [dict(zip(names, sess.run(names, feeds))) for feeds in feed_list]
     del sess
-    return out
+    return outs
 
 
 def relative_errors(
     original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict[str, np.ndarray]
 ) -> dict[str, float]:
-    """||y - y_ref|| / ||y_ref|| per graph output."""
-    ref, got = run(original, feeds), run(compressed, feeds)
-    return {
-        name: float(np.linalg.norm(got[name].astype(np.float64) - y) / max(np.linalg.norm(y), 1e-30))
-        for name, y in ((n, v.astype(np.float64)) for n, v in ref.items())
-    }
+    """||y - y_ref|| / ||y_ref|| per graph output, over all samples of ``feeds`` (in runs of the model's batch)."""
+    ref, got = (run_split(p, split_feeds(original, feeds)) for p in (original, compressed))
+    diff: dict[str, float] = {}
+    norm: dict[str, float] = {}
+    for r, g in zip(ref, got):
+        for name, y in r.items():
+            y = y.astype(np.float64)
+            diff[name] = diff.get(name, 0.0) + float(np.sum((g[name].astype(np.float64) - y) ** 2))
+            norm[name] = norm.get(name, 0.0) + float(np.sum(y ** 2))
+    return {name: float(np.sqrt(diff[name]) / max(np.sqrt(norm[name]), 1e-30)) for name in diff}
