@@ -42,6 +42,12 @@ class Layer:
     attrs: dict = field(default_factory=dict)
     skip: str | None = None  # why the layer cannot be compressed
 
+    def __post_init__(self):
+        # shapes may come from onnx-ir with symbolic dims (dynamo exports): keep them JSON-safe
+        for key in ("weight_shape", "kernel", "in_spatial", "out_spatial"):
+            if getattr(self, key) is not None:
+                setattr(self, key, json_dims(getattr(self, key)))
+
     @property
     def compressible(self) -> bool:
         return self.skip is None
@@ -61,6 +67,18 @@ class Layer:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def json_dims(dims) -> tuple[int | str, ...]:
+    """Dims as ints, a symbolic dim as its name (``"?"`` when it has none)."""
+    out = []
+    for d in dims:
+        if isinstance(d, (int, np.integer)):
+            out.append(int(d))
+        else:
+            value = getattr(d, "value", d)
+            out.append(int(value) if isinstance(value, (int, np.integer)) else str(value or "?"))
+    return tuple(out)
 
 
 def _attr(node: ir.Node, name: str, default):
