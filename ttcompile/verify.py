@@ -63,7 +63,11 @@ def relative_errors(
     original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict[str, np.ndarray]
 ) -> dict[str, float]:
     """||y - y_ref|| / ||y_ref|| per graph output, over all samples of ``feeds`` (in runs of the model's batch)."""
-    ref, got = (run_split(p, split_feeds(original, feeds)) for p in (original, compressed))
+    return run_errors(*(run_split(p, split_feeds(original, feeds)) for p in (original, compressed)))
+
+
+def run_errors(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Relative error per output name over matching lists of runs (``run_split`` results)."""
     diff: dict[str, float] = {}
     norm: dict[str, float] = {}
     for r, g in zip(ref, got):
