@@ -15,6 +15,7 @@ from ttcompile.errors import UserError
 from ttcompile.feeds import load_named_feeds
 from ttcompile.graph import load_model, save_model, to_proto
 from ttcompile.plan import Plan
+from ttcompile.quant import chain_precision, precision_summary
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.verify import check_model, graph_inputs, random_inputs, relative_errors
 
@@ -123,5 +124,9 @@ def run(args: argparse.Namespace) -> int:
     source = args.data or "random inputs"
     for name, err in errors.items():
         print(f"output {name}: relative error {err:.3e} vs original on {source}")
-    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")
+    rewritten = [lp.layer for lp in plan.layers if lp.action == "compress"]
+    print(f"rewritten layers' weights were {precision_summary(rewritten)}; their chains are "
+          f"{chain_precision(proto, [layer.name for layer in rewritten])}")
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB, input "
+          f"{Path(args.model).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")
     return 0

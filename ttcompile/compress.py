@@ -11,9 +11,10 @@ from tqdm import tqdm
 
 from ttcompile.errors import UserError
 from ttcompile.graph import const_array
-from ttcompile.layers import Layer, dense_weight, find_node
+from ttcompile.layers import Layer, dense_weight, find_node, layer_io
 from ttcompile.passes.base import ChainBuilder, fc_input, fc_output, get_format
 from ttcompile.plan import LayerPlan, Plan
+from ttcompile.quant import chain_dtype, constant_shape
 
 
 @dataclass
@@ -46,19 +47,18 @@ def rewrite_layer(model: ir.Model, lp: LayerPlan, cores: list[np.ndarray] | None
     ``cores`` (e.g. trained ones) are emitted as given; by default they are decomposed from the weight.
     """
     layer, fmt = lp.layer, get_format(lp.format)
-    node = find_node(model, layer.name)
+    node, old_nodes, x, y_old = layer_io(model, layer)
     weight, bias = dense_weight(model, layer)
     if cores is None:
         cores = fmt.decompose(weight, layer, lp.modes, lp.ranks)
     error = float(np.linalg.norm(fmt.reconstruct(cores, layer, lp.modes) - weight) / max(np.linalg.norm(weight), 1e-30))
-    b = ChainBuilder(model.graph, node.name, dtype=node.inputs[1].const_value.numpy().dtype)
-    x = node.inputs[0]
+    b = ChainBuilder(model.graph, node.name, dtype=chain_dtype(node))
     if layer.kind == "conv":
         y = fmt.emit(b, x, cores, layer, lp.modes, lp.options)
     else:
         y = fc_output(b, fmt.emit(b, fc_input(b, x, layer), cores, layer, lp.modes, lp.options), x, layer)
     y = _add_bias(b, y, node, layer, bias)
-    ir.convenience.replace_nodes_and_values(model.graph, node, [node], b.nodes, [node.outputs[0]], [y])
+    ir.convenience.replace_nodes_and_values(model.graph, node, old_nodes, b.nodes, [y_old], [y])
     return error
 
 
@@ -71,7 +71,8 @@ def check_plan_matches(model: ir.Model, plan: Plan) -> None:
             node = find_node(model, lp.layer.name)
         except KeyError:
             raise UserError(f"plan layer {lp.layer.name!r} is not a node of this model") from None
-        shape = tuple(node.inputs[1].shape or ()) if len(node.inputs) > 1 and node.inputs[1] is not None else ()
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        shape = constant_shape(weight) or tuple(weight.shape or ()) if weight is not None else ()
         if node.op_type != lp.layer.op_type or shape != tuple(lp.layer.weight_shape):
             raise UserError(
                 f"plan layer {lp.layer.name!r} is {lp.layer.op_type} {lp.layer.weight_shape}, "

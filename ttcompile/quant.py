@@ -1,0 +1,153 @@
+"""Quantized weights: QDQ (``DequantizeLinear`` of constants) and ORT's dynamic int8 pattern.
+
+QDQ (``quantize_static(..., quant_format=QDQ)``): a weight is ``DequantizeLinear(q, scale[, zero_point],
+axis)`` of constants, ``w = (q - zero_point) * scale`` with per-tensor or per-axis (1-D) scale/zero point.
+
+Dynamic (``quantize_dynamic``): ``DynamicQuantizeLinear(x) -> (xq, x_scale, x_zp)``,
+``MatMulInteger|ConvInteger(xq, wq, x_zp[, w_zp]) -> Cast(to=FLOAT) -> Mul(., Mul(x_scale, w_scale))``,
+which computes ``x @ w`` (or ``conv(x, w)``) with ``w = (wq - w_zp) * w_scale``. A rewrite replaces the
+integer op, its Cast and its Mul: the chain reads ``x`` and writes the Mul's output (``DynamicPattern``).
+
+Rewritten chains are floating point (float32, or the scale's dtype for QDQ), initialised from the
+dequantized weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+INTEGER_OPS = ("MatMulInteger", "ConvInteger")
+
+
+def _is_onnx(node: ir.Node | None, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    return None if value is None or value.const_value is None else value.const_value.numpy()
+
+
+def _per_axis(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A 1-D per-axis scale/zero point shaped to broadcast along ``axis`` of an ``ndim`` tensor."""
+    if v.ndim == 0 or ndim == 0:
+        return v
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return v.reshape(shape)
+
+
+def dequantize_linear(value: ir.Value | None) -> np.ndarray | None:
+    """float64 weight of ``value`` when it is ``DequantizeLinear`` of constants (no block quantization)."""
+    node = value.producer() if value is not None else None
+    if not _is_onnx(node, "DequantizeLinear"):
+        return None
+    q, scale = _const(node.inputs[0]), _const(node.inputs[1])
+    zp_value = node.inputs[2] if len(node.inputs) > 2 else None
+    zp = _const(zp_value)
+    block = node.attributes.get("block_size")
+    if q is None or scale is None or (zp_value is not None and zp is None) or (block is not None and block.value):
+        return None
+    axis = node.attributes.get("axis")
+    axis = 1 if axis is None else int(axis.value)
+    zero = 0.0 if zp is None else _per_axis(zp.astype(np.float64), q.ndim, axis)
+    return (q.astype(np.float64) - zero) * _per_axis(scale.astype(np.float64), q.ndim, axis)
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """An initializer's array, or a QDQ weight dequantized (float64); None for anything computed at run time."""
+    got = _const(value)
+    return got if got is not None else dequantize_linear(value)
+
+
+def constant_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    array = constant_array(value)
+    return None if array is None else tuple(int(d) for d in array.shape)
+
+
+@dataclass
+class DynamicPattern:
+    """An integer op with its dequantizing tail: chain input ``x``, replaced ``nodes``, their output ``y``."""
+
+    x: ir.Value
+    nodes: list[ir.Node]
+    y: ir.Value
+    weight: np.ndarray  # dequantized, float64, as stored (MatMul (K, N); Conv (O, C, *k))
+
+
+def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
+    uses = list(value.uses())
+    return uses[0].node if len(uses) == 1 and _is_onnx(uses[0].node, op_type) and not value.is_graph_output() \
+        else None
+
+
+def dynamic_pattern(node: ir.Node) -> DynamicPattern | str:
+    """The ``DynamicPattern`` of a MatMulInteger/ConvInteger node, or why it is not one we can rewrite."""
+    xq, wq = node.inputs[0], node.inputs[1]
+    w_zp_value = node.inputs[3] if len(node.inputs) > 3 else None
+    dql = xq.producer() if xq is not None else None
+    if not _is_onnx(dql, "DynamicQuantizeLinear") or dql.outputs[0] is not xq:
+        return "integer op input is not DynamicQuantizeLinear's output"
+    wq_array, w_zp = _const(wq), _const(w_zp_value)
+    if wq_array is None or (w_zp_value is not None and w_zp is None):
+        return "quantized weight or its zero point is not constant"
+    cast = _only_use(node.outputs[0], "Cast")
+    if cast is None or int(cast.attributes["to"].value) != ir.DataType.FLOAT:
+        return "integer output is not cast to float once"
+    mul = _only_use(cast.outputs[0], "Mul")
+    scales = mul.inputs[1] if mul is not None and mul.inputs[0] is cast.outputs[0] else \
+        (mul.inputs[0] if mul is not None else None)
+    scale_mul = scales.producer() if scales is not None else None
+    if not _is_onnx(scale_mul, "Mul") or dql.outputs[1] not in scale_mul.inputs:
+        return "output is not rescaled by x_scale * w_scale"
+    w_scale = _const(next(v for v in scale_mul.inputs if v is not dql.outputs[1]))
+    if w_scale is None or w_scale.size != 1 and not (node.op_type == "MatMulInteger" and w_scale.ndim == 1):
+        return "weight scale is not constant per-tensor (or per-column for MatMulInteger)"
+    zero = 0.0 if w_zp is None else w_zp.astype(np.float64)
+    weight = (wq_array.astype(np.float64) - zero) * w_scale.astype(np.float64)
+    return DynamicPattern(dql.inputs[0], [node, cast, mul], mul.outputs[0], weight)
+
+
+def chain_dtype(node: ir.Node) -> np.dtype:
+    """Float dtype of the chain replacing ``node``: its weight's, a QDQ scale's, or float32 (integer ops)."""
+    w = node.inputs[1]
+    if w.const_value is not None and w.const_value.numpy().dtype.kind == "f":
+        return w.const_value.numpy().dtype
+    producer = w.producer()
+    if _is_onnx(producer, "DequantizeLinear") and producer.inputs[1].const_value is not None:
+        return producer.inputs[1].const_value.numpy().dtype
+    return np.dtype(np.float32)
+
+
+def weight_precision(node: ir.Node) -> str:
+    """How the layer's weight is stored: ``float32``, ``float16``, ``int8 QDQ``, ``uint8 dynamic``, ..."""
+    w = node.inputs[1]
+    if node.op_type in INTEGER_OPS:
+        return f"{w.const_value.numpy().dtype} dynamic" if w.const_value is not None else "dynamic"
+    if w.const_value is not None:
+        return str(w.const_value.numpy().dtype)
+    producer = w.producer()
+    if _is_onnx(producer, "DequantizeLinear") and producer.inputs[0].const_value is not None:
+        return f"{producer.inputs[0].const_value.numpy().dtype} QDQ"
+    return "computed"
+
+
+def precision_summary(layers) -> str:
+    """``"12 float32, 3 int8 QDQ"``: how many layers store their weight in each precision."""
+    counts: dict[str, int] = {}
+    for layer in layers:
+        key = layer.attrs.get("precision", "?")
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {key}" for key, n in counts.items())
+
+
+def chain_precision(proto, layer_names) -> str:
+    """Element types of the initializers the rewrite added (named ``<layer>/<tag>_<n>``) in ``proto``."""
+    import onnx
+
+    prefixes = tuple(f"{name}/" for name in layer_names)
+    types = sorted({onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in proto.graph.initializer
+                    if t.name.startswith(prefixes) and t.data_type != onnx.TensorProto.INT64})
+    return ", ".join(types) or "none"
