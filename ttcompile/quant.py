@@ -39,26 +39,83 @@ def _per_axis(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return v.reshape(shape)
 
 
+def _axis(node: ir.Node) -> int:
+    axis = node.attributes.get("axis")
+    return 1 if axis is None else int(axis.value)
+
+
+def quantize_linear(value: ir.Value | None) -> np.ndarray | None:
+    """``QuantizeLinear`` of constants computed as ONNX defines it (round half to even, saturate to the
+    zero point's integer type, uint8 without one); quantizers emit ``DequantizeLinear(QuantizeLinear(w))``
+    for weights stored as Constant nodes."""
+    node = value.producer() if value is not None else None
+    if not _is_onnx(node, "QuantizeLinear"):
+        return None
+    x, scale = _const(node.inputs[0]), _const(node.inputs[1])
+    zp = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if x is None or scale is None or (len(node.inputs) > 2 and node.inputs[2] is not None and zp is None):
+        return None
+    dtype = zp.dtype if zp is not None else np.dtype(np.uint8)
+    if dtype.kind not in "iu":
+        return None
+    axis, info = _axis(node), np.iinfo(dtype)
+    zero = 0.0 if zp is None else _per_axis(zp.astype(np.float64), x.ndim, axis)
+    q = np.rint(x / _per_axis(scale, x.ndim, axis)).astype(np.float64) + zero  # in x's precision, as ORT does
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
 def dequantize_linear(value: ir.Value | None) -> np.ndarray | None:
     """float64 weight of ``value`` when it is ``DequantizeLinear`` of constants (no block quantization)."""
     node = value.producer() if value is not None else None
     if not _is_onnx(node, "DequantizeLinear"):
         return None
     q, scale = _const(node.inputs[0]), _const(node.inputs[1])
+    q = q if q is not None else quantize_linear(node.inputs[0])
     zp_value = node.inputs[2] if len(node.inputs) > 2 else None
     zp = _const(zp_value)
     block = node.attributes.get("block_size")
     if q is None or scale is None or (zp_value is not None and zp is None) or (block is not None and block.value):
         return None
-    axis = node.attributes.get("axis")
-    axis = 1 if axis is None else int(axis.value)
+    axis = _axis(node)
     zero = 0.0 if zp is None else _per_axis(zp.astype(np.float64), q.ndim, axis)
     return (q.astype(np.float64) - zero) * _per_axis(scale.astype(np.float64), q.ndim, axis)
 
 
-def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """An initializer's array, or a QDQ weight dequantized (float64); None for anything computed at run time."""
+def dynamic_quantize_constant(value: ir.Value | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(q, scale, zero_point)`` when ``value`` is an output of ``DynamicQuantizeLinear`` of a constant.
+
+    ``quantize_dynamic`` emits this for weights stored as Constant nodes (PaddlePaddle exports); the
+    result is computed here as the ONNX spec defines it (uint8, range widened to include 0, round half
+    to even, saturate).
+    """
+    node = value.producer() if value is not None else None
+    x = _const(node.inputs[0]) if _is_onnx(node, "DynamicQuantizeLinear") else None
+    if x is None or x.size == 0:
+        return None
+    x = x.astype(np.float64)
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = (hi - lo) / 255 or 1.0
+    zp = np.clip(np.rint(-lo / scale), 0, 255)
+    q = np.clip(np.rint(x / scale) + zp, 0, 255)
+    return q.astype(np.uint8), np.asarray(scale, dtype=np.float32), np.asarray(zp, dtype=np.uint8)
+
+
+def _quantized_part(value: ir.Value | None, index: int) -> np.ndarray | None:
+    """A constant, or output ``index`` (0 q, 1 scale, 2 zero point) of DynamicQuantizeLinear of a constant."""
     got = _const(value)
+    if got is not None:
+        return got
+    dql = dynamic_quantize_constant(value)
+    producer = value.producer() if value is not None else None
+    if dql is None or producer.outputs[index] is not value:
+        return None
+    return dql[index]
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """An initializer's array, a QDQ weight dequantized (float64), or a dynamically quantized constant;
+    None for anything computed at run time."""
+    got = _quantized_part(value, 0)
     return got if got is not None else dequantize_linear(value)
 
 
@@ -90,7 +147,7 @@ def dynamic_pattern(node: ir.Node) -> DynamicPattern | str:
     dql = xq.producer() if xq is not None else None
     if not _is_onnx(dql, "DynamicQuantizeLinear") or dql.outputs[0] is not xq:
         return "integer op input is not DynamicQuantizeLinear's output"
-    wq_array, w_zp = _const(wq), _const(w_zp_value)
+    wq_array, w_zp = _quantized_part(wq, 0), _quantized_part(w_zp_value, 2)
     if wq_array is None or (w_zp_value is not None and w_zp is None):
         return "quantized weight or its zero point is not constant"
     cast = _only_use(node.outputs[0], "Cast")
@@ -102,7 +159,7 @@ def dynamic_pattern(node: ir.Node) -> DynamicPattern | str:
     scale_mul = scales.producer() if scales is not None else None
     if not _is_onnx(scale_mul, "Mul") or dql.outputs[1] not in scale_mul.inputs:
         return "output is not rescaled by x_scale * w_scale"
-    w_scale = _const(next(v for v in scale_mul.inputs if v is not dql.outputs[1]))
+    w_scale = _quantized_part(next(v for v in scale_mul.inputs if v is not dql.outputs[1]), 1)
     if w_scale is None or w_scale.size != 1 and not (node.op_type == "MatMulInteger" and w_scale.ndim == 1):
         return "weight scale is not constant per-tensor (or per-column for MatMulInteger)"
     zero = 0.0 if w_zp is None else w_zp.astype(np.float64)
@@ -125,12 +182,16 @@ def weight_precision(node: ir.Node) -> str:
     """How the layer's weight is stored: ``float32``, ``float16``, ``int8 QDQ``, ``uint8 dynamic``, ..."""
     w = node.inputs[1]
     if node.op_type in INTEGER_OPS:
-        return f"{w.const_value.numpy().dtype} dynamic" if w.const_value is not None else "dynamic"
+        q = _quantized_part(w, 0)
+        return f"{q.dtype} dynamic" if q is not None else "dynamic"
     if w.const_value is not None:
         return str(w.const_value.numpy().dtype)
     producer = w.producer()
-    if _is_onnx(producer, "DequantizeLinear") and producer.inputs[0].const_value is not None:
-        return f"{producer.inputs[0].const_value.numpy().dtype} QDQ"
+    if _is_onnx(producer, "DequantizeLinear"):
+        q = _const(producer.inputs[0])
+        q = q if q is not None else quantize_linear(producer.inputs[0])
+        if q is not None:
+            return f"{q.dtype} QDQ"
     return "computed"
 
 
