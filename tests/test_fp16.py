@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-from fp16 import to_fp16
 
 from ttcompile.cli import main
+from ttcompile.models.fp16 import to_fp16
 
 LENET = Path(__file__).resolve().parents[1] / "models" / "lenet5_mnist.onnx"
 FORMATS = ["tt", "tr", "tucker", "cp", "svd", "stt", "str", "sttu"]
