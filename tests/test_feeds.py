@@ -73,3 +73,14 @@ def test_split_feeds_refuses_inconsistent_samples():
         list(split_feeds(proto, {"x": np.zeros((4, 9), np.float32), "state": np.zeros((2, 4, 6), np.float32)}))
     with pytest.raises(UserError, match="no data for model input"):
         list(split_feeds(proto, {"x": np.zeros((4, 8), np.float32)}))
+
+
+def test_bench_defaults_to_the_fixed_batch(tmp_path, capsys):
+    model = conv_model(c_in=4, c_out=6, spatial=(6, 6))
+    model.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    assert main(["bench", str(src), "--min-time", "0", "--repeats", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("m.onnx")]
+    assert [r[1] for r in rows[1:]] == ["1"]  # one timing row, at batch 1 (was: exit 2, "use --batch 1")
