@@ -12,7 +12,6 @@ import pytest
 from ttcompile.cli import main
 from ttcompile.graph import load_model
 from ttcompile.layers import dense_weight, find_layers
-from ttcompile.verify import random_inputs, relative_errors
 
 from graphs import conv_model, mlp_model
 
@@ -88,15 +87,14 @@ def test_layers_are_found_with_their_dequantized_weights(quantized):
 
 def test_full_rank_chains_reproduce_the_quantized_model(quantized, tmp_path, capsys):
     src, dst, scheme = quantized
-    # what quantization itself changes: the budget for a float chain that drops activation quantization
-    quant_error = max(relative_errors(onnx.load(src), onnx.load(dst), random_inputs(onnx.load(dst))).values())
     for fmt in FORMATS:
         error, printed = _compress(dst, tmp_path / f"{fmt}.onnx", fmt, "--rank", "4096", "--force", capsys=capsys)
         assert "their chains are float32" in printed
         limit = 2e-3 if fmt == "cp" else 1e-4  # cp's cap is approximate
         if scheme == "qdq":  # the output is re-quantized: a float32 rounding difference at a tie flips a level
             limit += 5e-3
-        assert error < (2 * quant_error + limit if scheme == "dynamic" else limit), (fmt, error, quant_error)
+        # dynamic: the chain reads the activation as the integer op saw it (DequantizeLinear of its quantization)
+        assert error < limit, (fmt, error)
         ops = {n.op_type for n in onnx.load(tmp_path / f"{fmt}.onnx").graph.node}
         assert not ops & {"MatMulInteger", "ConvInteger"}, fmt
 

@@ -14,7 +14,7 @@ from ttcompile.graph import const_array
 from ttcompile.layers import Layer, dense_weight, find_node, layer_io
 from ttcompile.passes.base import ChainBuilder, fc_input, fc_output, get_format
 from ttcompile.plan import LayerPlan, Plan
-from ttcompile.quant import chain_dtype, constant_shape
+from ttcompile.quant import chain_dtype, chain_input, constant_shape
 
 
 @dataclass
@@ -53,6 +53,7 @@ def rewrite_layer(model: ir.Model, lp: LayerPlan, cores: list[np.ndarray] | None
         cores = fmt.decompose(weight, layer, lp.modes, lp.ranks)
     error = float(np.linalg.norm(fmt.reconstruct(cores, layer, lp.modes) - weight) / max(np.linalg.norm(weight), 1e-30))
     b = ChainBuilder(model.graph, node.name, dtype=chain_dtype(node))
+    x = chain_input(b, x)
     if layer.kind == "conv":
         y = fmt.emit(b, x, cores, layer, lp.modes, lp.options)
     else:

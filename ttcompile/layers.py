@@ -246,8 +246,9 @@ def dense_weight(model: ir.Model, layer: Layer) -> tuple[np.ndarray, np.ndarray 
     return w, None if bias is None else np.asarray(bias, dtype=np.float64)
 
 
-def layer_io(model: ir.Model, layer: Layer) -> tuple[ir.Node, list[ir.Node], ir.Value, ir.Value]:
-    """``(node, nodes a rewrite replaces, chain input, value the chain's output replaces)``."""
+def layer_io(model: ir.Model, layer: Layer) -> tuple[ir.Node, list[ir.Node], ir.Value | tuple, ir.Value]:
+    """``(node, nodes a rewrite replaces, chain input, value the chain's output replaces)``; the chain input
+    of a dynamically quantized layer is its ``(xq, x_scale, x_zp)`` (see ``quant.chain_input``)."""
     node = find_node(model, layer.name)
     if node.op_type in INTEGER_OPS:
         pattern: DynamicPattern = dynamic_pattern(node)

@@ -5,8 +5,10 @@ axis)`` of constants, ``w = (q - zero_point) * scale`` with per-tensor or per-ax
 
 Dynamic (``quantize_dynamic``): ``DynamicQuantizeLinear(x) -> (xq, x_scale, x_zp)``,
 ``MatMulInteger|ConvInteger(xq, wq, x_zp[, w_zp]) -> Cast(to=FLOAT) -> Mul(., Mul(x_scale, w_scale))``,
-which computes ``x @ w`` (or ``conv(x, w)``) with ``w = (wq - w_zp) * w_scale``. A rewrite replaces the
-integer op, its Cast and its Mul: the chain reads ``x`` and writes the Mul's output (``DynamicPattern``).
+which computes ``x_hat @ w`` (or ``conv(x_hat, w)``) with ``w = (wq - w_zp) * w_scale`` and the
+activation as quantized, ``x_hat = (xq - x_zp) * x_scale``. A rewrite replaces the integer op, its Cast
+and its Mul: the chain reads ``x_hat = DequantizeLinear(xq, x_scale, x_zp)`` (so it sees the activation
+the original saw) and writes the Mul's output (``DynamicPattern``).
 
 Rewritten chains are floating point (float32, or the scale's dtype for QDQ), initialised from the
 dequantized weight.
@@ -128,7 +130,7 @@ def constant_shape(value: ir.Value | None) -> tuple[int, ...] | None:
 class DynamicPattern:
     """An integer op with its dequantizing tail: chain input ``x``, replaced ``nodes``, their output ``y``."""
 
-    x: ir.Value
+    x: tuple[ir.Value, ir.Value, ir.Value]  # xq, x_scale, x_zp: the chain input is their DequantizeLinear
     nodes: list[ir.Node]
     y: ir.Value
     weight: np.ndarray  # dequantized, float64, as stored (MatMul (K, N); Conv (O, C, *k))
@@ -164,7 +166,12 @@ def dynamic_pattern(node: ir.Node) -> DynamicPattern | str:
         return "weight scale is not constant per-tensor (or per-column for MatMulInteger)"
     zero = 0.0 if w_zp is None else w_zp.astype(np.float64)
     weight = (wq_array.astype(np.float64) - zero) * w_scale.astype(np.float64)
-    return DynamicPattern(dql.inputs[0], [node, cast, mul], mul.outputs[0], weight)
+    return DynamicPattern(tuple(dql.outputs), [node, cast, mul], mul.outputs[0], weight)
+
+
+def chain_input(b, x):
+    """The value a chain reads: ``x`` itself, or ``DequantizeLinear(xq, x_scale, x_zp)`` for a dynamic pattern."""
+    return b.op("DequantizeLinear", list(x)) if isinstance(x, tuple) else x
 
 
 def chain_dtype(node: ir.Node) -> np.dtype:
