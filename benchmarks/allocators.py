@@ -1,13 +1,21 @@
-"""Rank allocators compared at params budgets: test accuracy before fine-tuning, and search time.
+"""Rank allocators compared at params budgets: accuracy before and after one epoch of distillation, search time.
 
-    python benchmarks/allocators.py            # LeNet-5, MNIST calib (1000) / MNIST test (10k)
+    python benchmarks/allocators.py                                   # LeNet-5, ResNet-20, ResNet-56
+    python benchmarks/allocators.py --models lenet5 --finetune-epochs 0  # before fine-tuning only
 
-For each format (tt, and tr when registered), MAC rule (default: no layer may need more MACs than
-dense; ``--allow-more-macs`` off/on), params budget (1/10, 1/20, 1/50 of the compressible params) and
-allocator (lwiq, uniform, energy, greedy): plan, rewrite (TT-/TR-SVD of the trained weights, no
-fine-tuning), top-1 accuracy on the test set. Search time: lwiq = analysis (one calibration pass,
-done once and reused for every budget) + the budget solve; greedy = its per-layer evaluations + solve
-(repeated for each budget, as a fresh run would). Writes ``benchmarks/results/allocators.{md,json}``.
+For each model, format (tt, tr), params budget (1/5, 1/10, 1/20, 1/50 of the compressible params; no layer
+may need more MACs than dense) and allocator (lwiq, uniform, energy, greedy): plan, rewrite (SVD-type
+decomposition of the trained weights), top-1 accuracy on the MNIST test set (10k); then exactly
+``--finetune-epochs`` epoch(s) of the existing distillation (``ttcompile.train.finetune``, T = 4, from the
+original) on the first ``--train-samples`` (20,000) MNIST training images, and the accuracy again.
+Calibration: 1,000 MNIST validation images (``models/mnist_calib.npz``). Search time: lwiq = its analysis
+in that format (one calibration pass + the sensitivity curves) + the solve; greedy = its per-layer
+whole-model evaluations + the solve; uniform/energy = their tables + the solve. ``cut bonds``: bonds at
+rank 1 with a cap > 2 in layers whose knob is above its minimum (should be 0).
+
+Rows are appended to ``benchmarks/results/allocators.json`` as they finish (keyed by model SHA-256,
+format, budget, allocator), so an interrupted run continues where it stopped; the table is rewritten
+from the JSON after every row.
 """
 
 from __future__ import annotations
@@ -22,114 +30,180 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from ttcompile.allocators import ALLOCATORS, Context, Search, search
+from ttcompile.allocators import Context, Search, search
+from ttcompile.atomic import write_bytes_atomic
 from ttcompile.budget import Budget, BudgetInfeasible
 from ttcompile.compress import apply_plan
 from ttcompile.features import load_calibration, predict
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.lwiq import analyze
-from ttcompile.models.data import load_dataset
-from ttcompile.passes.base import FORMATS, get_format
-from ttcompile.plan import file_sha256
+from ttcompile.models.data import Dataset, load_dataset
+from ttcompile.passes.base import get_format
+from ttcompile.plan import Plan, file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
-FRACTIONS = (1 / 10, 1 / 20, 1 / 50)
-FORMAT_ORDER = ("tt", "tr")
+MODELS = {"lenet5": "lenet5_mnist.onnx", "resnet20": "resnet20_mnist.onnx", "resnet56": "resnet56_mnist.onnx"}
+FRACTIONS = (1 / 5, 1 / 10, 1 / 20, 1 / 50)
+# lwiq-top1: calibration labels removed (the model's top-1 is classified); lwiq-gain: weights w_l = LWIQ score
+ORDER = ("lwiq", "lwiq-top1", "lwiq-gain", "uniform", "energy", "greedy")
 
 
-def run_one(found: Search, budget: Budget, test_x: np.ndarray, test_y: np.ndarray, analysis_s: float) -> dict:
-    """Solve ``budget`` from a finished search, rewrite a fresh copy of the model, score it on the test set."""
+def cut_bonds(plan: Plan) -> int:
+    """Bonds at rank 1 whose cap is > 2, in compressed layers whose one-knob setting is above its minimum."""
+    n = 0
+    for lp in plan.layers:
+        if lp.action != "compress":
+            continue
+        fmt = get_format(lp.format)
+        if lp.ranks == fmt.uniform_ranks(lp.layer, lp.modes, 1):
+            continue
+        n += sum(r == 1 and cap > 2 for r, cap in zip(lp.ranks, fmt.max_ranks(lp.layer, lp.modes)))
+    return n
+
+
+def unlabeled(spec: str) -> str:
+    """``spec``'s inputs alone, as an .npz beside the results (LWIQ then classifies the model's top-1)."""
+    path = ROOT / "benchmarks" / "out" / "calib_unlabeled.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=load_dataset(spec).x)
+    return str(path)
+
+
+def evaluate(proto, test: Dataset) -> float:
+    return float((predict(proto, test.x) == test.y).mean())
+
+
+def run_row(found: Search, fraction: float, test: Dataset, train: Dataset | None, epochs: int,
+            extra_search_s: float) -> dict:
+    """Solve, rewrite a fresh copy, score; fine-tune ``epochs`` on ``train`` and score again."""
     try:
-        plan = found.plan(budget)
+        plan = found.plan(Budget(params=fraction))
     except BudgetInfeasible as exc:
         return {"infeasible": str(exc)}
     model = ir.from_proto(to_proto(found.ctx.model))
     apply_plan(model, plan, progress=False)
-    acc = float((predict(to_proto(model), test_x) == test_y).mean())
-    rep = plan.settings["budget"]
-    return {
-        "test_accuracy": acc,
-        "params_fraction": rep["fractions"]["params"],
-        "params_of_target": rep["of_target"]["params"],
-        "knob_only_of_target": rep["knob_only"]["of_target"]["params"],
-        "macs_fraction": rep["fractions"].get("macs"),
-        "search_s": plan.settings["search_time_s"] + (analysis_s if found.name == "lwiq" else 0.0),
-        "solve_s": plan.settings["solve_time_s"],
-        "knob": plan.settings["knob"],
-        "mac_capped": rep["mac_capped"],
-        "layers": {lp.name: {"action": lp.action, "ranks": lp.ranks, "params": lp.params, "macs": lp.macs,
-                             "score": lp.score, "error": lp.error} for lp in plan.layers},
-    }
+    student = to_proto(model)
+    row = {"before": evaluate(student, test), "search_s": round(plan.settings["search_time_s"] + extra_search_s, 3),
+           "params_fraction": plan.settings["budget"]["fractions"]["params"],
+           "of_target": plan.settings["budget"]["of_target"]["params"],
+           "macs_fraction": plan.settings["budget"]["fractions"].get("macs"), "cut_bonds": cut_bonds(plan),
+           "layers": {lp.name: lp.ranks if lp.action == "compress" else lp.action for lp in plan.layers}}
+    if epochs and train is not None:
+        from ttcompile.train.finetune import finetune
+
+        start = time.perf_counter()
+        tuned, _ = finetune(student, to_proto(found.ctx.model), train, epochs=epochs, threads=1, progress=False)
+        row |= {"after": evaluate(tuned, test), "finetune_s": round(time.perf_counter() - start, 1)}
+    return row
 
 
 def markdown(result: dict) -> str:
-    """The table: one row per format, MAC rule, budget and allocator."""
-    head = ("| format | MACs may exceed dense | params budget | allocator | params kept | of target "
-            "| MACs kept | test acc (no FT) | search (s) | ranks |")
-    lines = [f"# Rank allocators on {result['model']} (no fine-tuning)", "",
-             f"Original test accuracy: {result['original_accuracy']:.4f} on {result['test']} "
-             f"({result['test_samples']} samples). Calibration: {result['calib']}. "
-             f"LWIQ analysis: {result['analysis_s']:.2f} s (included in lwiq's search time).",
-             "Params/MACs are of the compressible layers (cost model, per sample). "
-             "'of target' < 100 % means the plan could not use the whole budget.", "", head,
-             "|" + "---|" * (head.count("|") - 1)]
-    for r in result["rows"]:
-        lead = f"| {r['format']} | {'yes' if r['allow_more_macs'] else 'no'} | 1/{round(1 / r['fraction'])} " \
-               f"| {r['allocator']} "
-        if "infeasible" in r:
-            lines.append(lead + "| infeasible | | | | | |")
-            continue
-        ranks = "; ".join("-".join(map(str, v["ranks"])) if v["action"] == "compress" else v["action"]
-                          for v in r["layers"].values())
-        lines.append(lead + f"| {r['params_fraction']:.2%} | {r['params_of_target']:.1%} "
-                     f"| {r['macs_fraction']:.1%} | {r['test_accuracy']:.4f} | {r['search_s']:.2f} | {ranks} |")
-    return "\n".join(lines) + "\n"
+    lines = ["# Rank allocators on MNIST models: before / after one epoch of distillation", "",
+             f"Command: `{result['command']}`. Calibration: {result['calib']} (1,000 MNIST val images). "
+             f"Test: MNIST test ({result['test_samples']} images). Fine-tuning: {result['epochs']} epoch(s) of "
+             f"distillation on {result['train']}. Params budgets are of the compressible layers; no layer may "
+             "need more MACs than dense. Search (s): lwiq = its analysis in that format + solve; greedy = its "
+             "per-layer model evaluations + solve. 'cut' = bonds at rank 1 with a cap > 2 above the knob's "
+             "minimum.", ""]
+    for name, m in result["models"].items():
+        lines += [f"## {name}: {m['params']:,} params, test accuracy {m['accuracy']:.4f}", "",
+                  "| format | budget | allocator | params kept | before FT | after FT | search (s) | cut | ranks |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        rows = sorted((r for r in result["rows"] if r["model"] == name),
+                      key=lambda r: (r["format"], -r["fraction"], ORDER.index(r["allocator"])))
+        for r in rows:
+            lead = f"| {r['format']} | 1/{round(1 / r['fraction'])} | {r['allocator']} "
+            if "infeasible" in r:
+                lines.append(lead + "| infeasible | | | | | |")
+                continue
+            after = f"{r['after']:.4f}" if "after" in r else "-"
+            ranks = "; ".join("-".join(map(str, v)) if isinstance(v, list) else v for v in r["layers"].values())
+            if len(ranks) > 120:
+                ranks = ranks[:117] + "..."
+            lines.append(lead + f"| {r['params_fraction']:.2%} | {r['before']:.4f} | {after} | {r['search_s']:.1f} "
+                         f"| {r['cut_bonds']} | {ranks} |")
+        ratio = m.get("lwiq_over_greedy_search")
+        if ratio:
+            lines += ["", "Search time lwiq / greedy: " + ", ".join(f"{f} {v:.3f}" for f, v in ratio.items())]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(ROOT / "models" / "lenet5_mnist.onnx"))
+    p.add_argument("--models", default="lenet5,resnet20,resnet56")
+    p.add_argument("--formats", default="tt,tr")
+    p.add_argument("--fractions", default=",".join(str(round(1 / f)) for f in FRACTIONS),
+                   help="budget denominators, e.g. 5,10,20,50")
+    p.add_argument("--allocators", default="lwiq,uniform,energy,greedy", help=f"of {', '.join(ORDER)}")
     p.add_argument("--calib", default=str(ROOT / "models" / "mnist_calib.npz"))
     p.add_argument("--test", default="mnist:test")
-    p.add_argument("--formats", default="tt,tr")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--train-samples", type=int, default=20000)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "allocators"))
     args = p.parse_args(argv)
 
-    get_format("tt")  # registers the built-in formats
-    formats = [f for f in args.formats.split(",") if f in FORMATS]
-    model = load_model(args.model)
-    proto = to_proto(model)
-    calib = load_calibration(args.calib, proto)
-    test = load_dataset(args.test)
-    original = float((predict(proto, test.x) == test.y).mean())
-    analysis = analyze(args.model, args.calib, progress=False)
-    layers = find_layers(model)
-    result = {"model": args.model, "model_sha256": file_sha256(args.model), "calib": args.calib,
-              "test": args.test, "test_samples": len(test.x), "original_accuracy": original,
-              "analysis_s": analysis.time_s, "lwiq_scores": analysis.scores, "formats": formats,
-              "machine": platform.platform(), "command": " ".join(["python", *sys.argv]), "rows": []}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for fmt in formats:
-        for allow in (False, True):
-            ctx = Context(args.model, file_sha256(args.model), layers, get_format(fmt), allow_more_macs=allow,
-                          model=model, calibration=calib, analysis=analysis)
-            for name in ALLOCATORS:
-                found = search(name, ctx)
-                for fraction in FRACTIONS:
+    path_json = out.with_suffix(".json")
+    result = json.loads(path_json.read_text()) if path_json.exists() else {}
+    if result.get("version") != 2:
+        result = {"version": 2, "models": {}, "rows": []}
+    result |= {"calib": args.calib, "test": args.test, "epochs": args.finetune_epochs,
+               "train": f"mnist:train[:{args.train_samples}]", "machine": platform.platform(),
+               "command": " ".join(["python", *sys.argv])}
+    test = load_dataset(args.test)
+    result["test_samples"] = len(test.x)
+    train = None
+    if args.finetune_epochs:
+        full = load_dataset("mnist:train")
+        train = Dataset(full.x[:args.train_samples], full.y[:args.train_samples], result["train"])
+    done = {(r["sha"], r["format"], r["fraction"], r["allocator"]) for r in result["rows"]}
+    fractions = [1 / float(d) for d in args.fractions.split(",")]
+
+    def save() -> None:
+        write_bytes_atomic(path_json, (json.dumps(result, indent=1) + "\n").encode())
+        write_bytes_atomic(out.with_suffix(".md"), markdown(result).encode())
+
+    for name in args.models.split(","):
+        path = ROOT / "models" / MODELS[name]
+        if not path.exists():
+            print(f"{name}: {path} not found, skipped (train it with python -m ttcompile.models.train)")
+            continue
+        sha, model = file_sha256(path), load_model(path)
+        proto = to_proto(model)
+        layers = find_layers(model)
+        calib = load_calibration(args.calib, proto)
+        m = result["models"].setdefault(name, {"params": sum(lay.params for lay in layers)})
+        m["accuracy"] = m.get("accuracy") or evaluate(proto, test)
+        for fmt in args.formats.split(","):
+            searches: dict[str, tuple[Search, float]] = {}
+            for alloc in args.allocators.split(","):
+                todo = [f for f in fractions if (sha, fmt, f, alloc) not in done]
+                if not todo:
+                    continue
+                ctx = Context(str(path), sha, layers, get_format(fmt), model=model, calibration=calib)
+                extra = 0.0
+                if alloc.startswith("lwiq"):
+                    spec = unlabeled(args.calib) if alloc == "lwiq-top1" else args.calib
+                    ctx.lwiq_weights = "gain" if alloc == "lwiq-gain" else "flat"
+                    ctx.analysis = analyze(path, spec, formats=(fmt,), progress=False)
+                    extra = ctx.analysis.time_s
+                searches[alloc] = (search(alloc.split("-")[0], ctx), extra)
+                m.setdefault("search_s", {}).setdefault(fmt, {})[alloc] = searches[alloc][0].time_s + extra
+                for fraction in todo:
                     start = time.perf_counter()
-                    row = run_one(found, Budget(params=fraction), test.x, test.y, analysis.time_s)
-                    result["rows"].append({"format": fmt, "allow_more_macs": allow, "fraction": fraction,
-                                           "allocator": name, **row})
-                    print(f"{fmt} allow_more_macs={allow} 1/{round(1 / fraction)} {name}: "
-                          f"acc {row.get('test_accuracy', float('nan')):.4f} "
-                          f"(search {found.time_s:.1f} s, row {time.perf_counter() - start:.1f} s)", flush=True)
-                out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")  # partial results
-    result["rows"].sort(key=lambda r: (FORMAT_ORDER.index(r["format"]) if r["format"] in FORMAT_ORDER else 9,
-                                       r["allow_more_macs"], -r["fraction"], list(ALLOCATORS).index(r["allocator"])))
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+                    row = run_row(searches[alloc][0], fraction, test, train, args.finetune_epochs, extra)
+                    result["rows"].append({"model": name, "sha": sha, "format": fmt, "fraction": fraction,
+                                           "allocator": alloc, **row})
+                    print(f"{name} {fmt} 1/{round(1 / fraction)} {alloc}: before {row.get('before', float('nan')):.4f}"
+                          f" after {row.get('after', float('nan')):.4f} cut {row.get('cut_bonds')} "
+                          f"({time.perf_counter() - start:.0f} s)", flush=True)
+                    save()
+            s = m.get("search_s", {}).get(fmt, {})
+            if "lwiq" in s and "greedy" in s:
+                m.setdefault("lwiq_over_greedy_search", {})[fmt] = s["lwiq"] / s["greedy"]
+            save()
     print(markdown(result))
     return 0
 

@@ -28,6 +28,7 @@ MODELS = {
     "LeNet-5": ROOT / "models" / "lenet5_mnist.onnx",
     "LeNet-300-100": ROOT / "models" / "lenet300_mnist.onnx",
     "ResNet-20": ROOT / "models" / "resnet20_mnist.onnx",
+    "ResNet-56": ROOT / "models" / "resnet56_mnist.onnx",
 }
 RESULTS = ROOT / "benchmarks" / "results"
 LAYER_OPS = ("Conv", "Gemm", "MatMul")

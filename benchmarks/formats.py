@@ -37,7 +37,7 @@ import numpy as np
 
 from ttcompile.auto_format import make_auto_plan
 from ttcompile.bench import benchmark
-from ttcompile.cmd_compress import compress_to_file
+from ttcompile.cmd_compress import compress_in_memory, save_pair
 from ttcompile.counting import count_params
 from ttcompile.errors import UserError
 from ttcompile.graph import load_model, to_proto
@@ -113,7 +113,8 @@ def compress_row(model_path: Path, fmt: str, ratio: Fraction, out: Path) -> dict
     model, plan = plan_for(model_path, fmt, float(ratio))
     row = {"format": fmt, "ratio": str(ratio)}
     try:
-        _, proto = compress_to_file(model, plan, out, progress=False)
+        _, proto = compress_in_memory(model, plan, progress=False)
+        save_pair(proto, plan, out)
     except UserError as exc:
         return {**row, "failed": str(exc)}
     compressed = [lp for lp in plan.layers if lp.action == "compress"]

@@ -5,7 +5,7 @@ in its fixed-batch-1 and its opset-15 export) and each format: ``find_layers`` a
 shapes, ``make_plan(format, ratio=R)`` (default R = 0.5: each layer keeps about half its parameters;
 layers where the chain would not save parameters, or would need more MACs than dense, stay dense; one
 more row per model: svd at full rank, forced, which must reproduce the model),
-``compress_to_file`` (rewrite + onnx.checker + atomic save), then the original and the compressed file
+``compress_in_memory`` + ``save_pair`` (rewrite + onnx.checker + atomic save), then the original and the compressed file
 run in ONNX Runtime (1 thread) on the same realistic inputs, in runs of what the model's input allows
 (``ttcompile.feeds.split_feeds``). No fine-tuning: this is the decomposition at initialisation.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import ZOO, ZooModel, ctc_decode  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
-from ttcompile.cmd_compress import compress_to_file  # noqa: E402
+from ttcompile.cmd_compress import compress_in_memory, save_pair  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
 from ttcompile.graph import load_model  # noqa: E402
 from ttcompile.layers import find_layers  # noqa: E402
@@ -79,7 +79,8 @@ def bench_model(model: ZooModel, formats: list[str], ratio: float, out_dir: Path
         ir_model = load_model(path)
         layers = find_layers(ir_model, model.input_shapes or None)
         plan = make_plan(layers, fmt, model_path=path, **kwargs)
-        results, proto = compress_to_file(ir_model, plan, out_dir / f"{model.name}_{fmt}.onnx", progress=False)
+        results, proto = compress_in_memory(ir_model, plan, progress=False)
+        save_pair(proto, plan, out_dir / f"{model.name}_{fmt}.onnx")
         seconds = time.perf_counter() - t0
         got = run_split(proto, split_feeds(proto, feeds))
         errors = run_errors(ref, got)

@@ -36,7 +36,7 @@ from real_models import RESULTS, agreement, first_output  # noqa: E402
 from zoo import ZOO, ZooModel  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
-from ttcompile.cmd_compress import compress_to_file  # noqa: E402
+from ttcompile.cmd_compress import compress_in_memory, save_pair  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
 from ttcompile.graph import load_model  # noqa: E402
 from ttcompile.layers import find_layers  # noqa: E402
@@ -94,7 +94,8 @@ def bench_model(model: ZooModel, formats: list[str], folder: Path) -> list[dict]
                 ir_model = load_model(path)
                 plan = make_plan(find_layers(ir_model, model.input_shapes), fmt, model_path=path, **kwargs)
                 out = folder / f"{variant}_{fmt}.onnx"
-                results, proto = compress_to_file(ir_model, plan, out, progress=False)
+                results, proto = compress_in_memory(ir_model, plan, progress=False)
+                save_pair(proto, plan, out)
                 got = run_split(proto, split_feeds(proto, feeds))
                 rewritten = [lp.layer for lp in plan.layers if lp.action == "compress"]
                 rows.append({

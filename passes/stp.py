@@ -129,8 +129,16 @@ def _stp_basis(x: np.ndarray, axis: int, rank: int, t: int) -> np.ndarray:
     return u[:, : rank // t]
 
 
-def _emit_factor(b: ChainBuilder, h: ir.Value, mat: np.ndarray, t: int, nd: int | None) -> ir.Value:
-    """Features ``Q t -> P t`` by ``(mat ⊗ I_t)``, ``mat (P, Q)``: FC rows (``nd`` None) or conv channels."""
+def _first(sizes: tuple[int, ...] | None) -> int | None:
+    return int(sizes[0]) if sizes else None
+
+
+def _emit_factor(b: ChainBuilder, h: ir.Value, mat: np.ndarray, t: int, nd: int | None,
+                 height: int | None = None) -> ir.Value:
+    """Features ``Q t -> P t`` by ``(mat ⊗ I_t)``, ``mat (P, Q)``: FC rows (``nd`` None) or conv channels.
+
+    ``height``: the first spatial size of ``h`` when known; the reshapes then infer the batch (``-1``)
+    instead of that axis, so an empty batch works too (``-1`` cannot be inferred from 0 elements)."""
     p, q = mat.shape
     if nd is None:
         if t == 1:
@@ -138,8 +146,11 @@ def _emit_factor(b: ChainBuilder, h: ir.Value, mat: np.ndarray, t: int, nd: int 
         return b.matmul(b.weight(mat), b.reshape(h, [-1, q, t]))  # (rows, P, t)
     if t == 1:
         return b.conv1x1(h, mat, nd)
-    h = b.conv1x1(b.reshape(h, [0, q, -1] + [0] * (nd - 1)), mat, nd)  # s folded into the first spatial axis
-    return b.reshape(h, [0, p * t, -1] + [0] * (nd - 1))
+    if height is None:
+        h = b.conv1x1(b.reshape(h, [0, q, -1] + [0] * (nd - 1)), mat, nd)  # s folded into the first spatial axis
+        return b.reshape(h, [0, p * t, -1] + [0] * (nd - 1))
+    h = b.conv1x1(b.reshape(h, [-1, q, t * height] + [0] * (nd - 1)), mat, nd)
+    return b.reshape(h, [-1, p * t, height] + [0] * (nd - 1))
 
 
 @register
@@ -194,12 +205,12 @@ class STTuFormat(_SemiTensor):
     def emit(self, b, x, cores, layer, modes, options):
         g, u_out, u_in = cores
         t, nd = _t(modes), len(layer.kernel) if layer.kind == "conv" else None
-        h = _emit_factor(b, x, u_in.T, t, nd)
+        h = _emit_factor(b, x, u_in.T, t, nd, _first(layer.in_spatial))
         if nd is None:
             h = b.matmul(b.reshape(h, [-1, g.shape[1]]), b.weight(g.T))
         else:
             h = b.op("Conv", [h, b.weight(g, "core")], **spatial_conv_attrs(layer))
-        return _emit_factor(b, h, u_out, t, nd)
+        return _emit_factor(b, h, u_out, t, nd, _first(layer.out_spatial))
 
 
 # ---- semi-tensor train / ring, lowered to TT / TR at ranks R/t -------------------------------------

@@ -101,6 +101,9 @@ class TuckerFormat(SVDFormat):
         o, c, kk = layer.out_features, layer.in_features, prod(layer.kernel)
         return [min(o, c * kk), min(c, o * kk)]
 
+    def options(self, layer: Layer, modes: dict) -> list[dict]:
+        return list(CONV_OPTIONS) if layer.kind == "conv" else super().options(layer, modes)
+
     def realize(self, layer: Layer, modes: dict, ranks: list[int]) -> dict:
         if layer.kind != "conv":
             return super().realize(layer, modes, ranks)

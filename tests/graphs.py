@@ -46,11 +46,14 @@ def matmul_model(n_in=48, n_out=40, lead=("N",), seed=0):
 
 def conv_model(c_in=16, c_out=32, kernel=(3, 3), spatial=(10, 9), strides=None, pads=None, dilations=None,
                auto_pad=None, bias=True, group=1, seed=0):
-    """Conv with the given attributes on input (N, c_in, *spatial)."""
+    """Conv with the given attributes on input (N, c_in, *spatial); ``bias="input"``: B is a graph input."""
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((c_out, c_in // group, *kernel)) / np.sqrt(c_in * np.prod(kernel))).astype(np.float32)
-    inits, names = {"W": w}, ["x", "W"]
-    if bias:
+    inits, names, extra = {"W": w}, ["x", "W"], []
+    if bias == "input":
+        extra.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, [c_out]))
+        names.append("B")
+    elif bias:
         inits["B"] = rng.standard_normal(c_out).astype(np.float32)
         names.append("B")
     attrs = {k: v for k, v in dict(strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
@@ -58,7 +61,7 @@ def conv_model(c_in=16, c_out=32, kernel=(3, 3), spatial=(10, 9), strides=None, 
     node = helper.make_node("Conv", names, ["y"], name="conv", kernel_shape=list(kernel), **attrs)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, *spatial])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, *(f"s{i}" for i in range(len(spatial)))])
-    return _model([node], [x], [y], inits)
+    return _model([node], [x, *extra], [y], inits)
 
 
 def mlp_model(seed=0):

@@ -109,6 +109,7 @@ def test_data_reshaped_per_model_and_batch_wraps(tmp_path, models, labelled):
 def test_json_report_fields(models, tmp_path):
     a, b, _ = models
     out = tmp_path / "sub" / "r.json"
+    out.parent.mkdir()  # outputs go into existing folders only
     write_json(benchmark([a, b], None, batches=(1, 2), **FAST), out)
     doc = json.loads(out.read_text())
     assert doc["schema"] == "ttcompile.bench/1"

@@ -62,7 +62,7 @@ def test_resume_continues_the_epoch_count(files, tmp_path, capsys):
     (lambda a, f: a.__setitem__(a.index("--train") + 1, str(f["student.onnx"].with_name("none.npz"))),
      "no such file"),
     (lambda a, f: a.__setitem__(a.index("--teacher") + 1, str(f["train.npz"])), "teacher.*not|train.npz"),
-    (lambda a, f: a.extend(["--kd-weight", "2"]), "kd weight"),
+    (lambda a, f: a.extend(["--kd-weight", "2"]), "kd.weight"),
 ])
 def test_bad_input_is_a_one_line_error(files, tmp_path, capsys, change, message):
     args = finetune_args(files, tmp_path / "tuned.onnx", "--epochs", "1")

@@ -8,9 +8,14 @@ budgets. ``R_{l,k}`` are the format's rank caps
 (``Format.max_ranks`` at the layer's modes) and ``scaled_ranks(R, x) = clip(floor(x R_{l,k} + 1/2), 1,
 R_{l,k})``.
 
-* ``lwiq`` (knob alpha): ``r_{l,k} = scaled_ranks(R_l, alpha * score_l)`` with the LWIQ scores of
-  ``ttcompile.lwiq`` (methods.md 1.3 step 4). Candidates: alpha = 0 and the midpoints between the
-  alphas where some ``r_{l,k}`` steps, so each candidate gives one distinct, reproducible rank set.
+* ``lwiq`` (knob t = 1/lambda): the sensitivity curves of ``ttcompile.sensitivity`` (measured once by
+  ``ttcompile analyze`` in the plan's format). Each layer l has candidates r (the measured one-knob ranks,
+  valid under the MAC rule) plus "dense", with damage ``w_l d_l(r)`` (dense: 0) and cost
+  ``c_l(r) = sum_m size_m(l, r) / base_m`` over the budgeted metrics m (params and/or MACs, as fractions
+  of the compressible totals). One multiplier picks ``r_l(lambda) = argmin_r [w_l d_l(r) + lambda c_l(r)]``
+  on each lower convex hull (``ttcompile.hull``); the solver bisects t. Weights ``w_l``: ``flat`` (1, the
+  default) or ``gain`` (the LWIQ score ``s^_l``, the marginal proxy-accuracy gain). Candidates: t = 0 and
+  the midpoints between the hulls' breakpoints, so each candidate is one distinct, reproducible rank set.
 * ``uniform`` (knob rho): every layer gets the largest uniform rank whose realized params are at most
   ``rho`` times its dense params (rank 1 at least; ``plan.ranks_for_ratio``), one rho for all layers.
 * ``energy`` (knob tau): per layer, the singular values ``sigma`` of the canonical weight unfolded as
@@ -44,10 +49,12 @@ from ttcompile.compress import rewrite_layer
 from ttcompile.errors import UserError
 from ttcompile.features import Calibration, load_calibration, predict
 from ttcompile.graph import to_proto
+from ttcompile.hull import Hull, lower_hull
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.lwiq import Analysis, analyze
 from ttcompile.passes.base import Format, get_format
 from ttcompile.plan import Plan, file_sha256
+from ttcompile.shapes import parse_input_shapes
 
 GREEDY_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75)
 RANK_MAPPING = "r_{l,k} = clip(floor(x_l * R_{l,k} + 1/2), 1, R_{l,k}), R = Format.max_ranks"
@@ -68,6 +75,7 @@ class Context:
     analysis: Analysis | None = None
     batch: int = 256
     progress: bool = False
+    lwiq_weights: str = "flat"
 
 
 class Allocator(ABC):
@@ -86,22 +94,65 @@ def _midpoints(steps: set[float]) -> list[float]:
     return [0.0] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])] + ([2 * distinct[-1]] if distinct else [])
 
 
+LWIQ_WEIGHTS = ("flat", "gain")
+LWIQ_MAPPING = ("r_l(lambda) = argmin_r [w_l d_l(r) + lambda c_l(r)] on the lower convex hull of layer l's "
+                "measured candidates and dense (d = 0); c_l(r) = sum over budgeted metrics of size / base; "
+                "knob t = 1 / lambda")
+
+
 class LwiqAllocator(Allocator):
     name, needs = "lwiq", ("analysis",)
 
     def family(self, ctx, planner):
-        scores = ctx.analysis.scores
-        missing = [lay.name for lay in planner.active if lay.name not in scores]
-        if missing:
-            raise UserError(f"the analysis has no score for layer(s) {', '.join(missing)}; re-run 'ttcompile analyze'")
-        steps = {(j - 0.5) / (scores[n] * cap) for n, caps in planner.caps.items() for cap in caps
-                 for j in range(2, cap + 1)}
-        fam = Family("alpha", _midpoints(steps), lambda n, a: scaled_ranks(planner.caps[n], a * scores[n]))
-        a = ctx.analysis
-        info = {"analysis": {"model_sha256": a.model_sha256, "time_s": a.time_s, "calibration": a.calibration,
-                             "formula": a.formula, "epsilon": a.epsilon},
-                "mapping": RANK_MAPPING + ", x_l = alpha * score_l"}
-        return fam, {n: scores[n] for n in planner.caps}, info
+        fmt, analysis = planner.fmt.name, ctx.analysis
+        curves = analysis.curves.get(fmt)
+        if curves is None:
+            have = ", ".join(analysis.curves) or "none"
+            raise UserError(f"the analysis has no sensitivity curves for format {fmt} (it has: {have}); "
+                            f"re-run 'ttcompile analyze --format {fmt}'")
+        for lay in planner.active:
+            curve = curves.get(lay.name)
+            if curve is None:
+                raise UserError(f"the analysis has no curve for layer {lay.name}; re-run 'ttcompile analyze'")
+            if curve.modes is not None and curve.modes != planner.modes[lay.name]:
+                raise UserError(f"the analysis measured layer {lay.name} with modes {curve.modes}, the plan "
+                                f"uses {planner.modes[lay.name]}; re-run 'ttcompile analyze' with the same --modes")
+        if ctx.lwiq_weights not in LWIQ_WEIGHTS:
+            raise UserError(f"unknown LWIQ weights {ctx.lwiq_weights!r}: choose one of {', '.join(LWIQ_WEIGHTS)}")
+        scores = analysis.scores
+        weight = {lay.name: scores[lay.name] if ctx.lwiq_weights == "gain" else 1.0 for lay in planner.active}
+        base = planner.base()
+
+        def for_budget(budget: Budget) -> Family:
+            metrics = [m for m in ("params", "macs") if getattr(budget, m) is not None and base[m]]
+            hulls = {lay.name: _hull(planner, lay, curves[lay.name], weight[lay.name], metrics, base)
+                     for lay in planner.active}
+            steps = {t for h in hulls.values() for t in h.breakpoints}
+            return Family("t", _midpoints(steps), lambda n, t: hulls[n].choose(t))
+
+        fam = for_budget(Budget(params=1.0))
+        fam.for_budget = for_budget
+        info = {"analysis": {"model_sha256": analysis.model_sha256, "time_s": analysis.time_s,
+                             "calibration": analysis.calibration, "targets": analysis.targets,
+                             "formula": analysis.formula, "drop_formula": analysis.drop_formula,
+                             "epsilon": analysis.epsilon},
+                "mapping": LWIQ_MAPPING, "weights": ctx.lwiq_weights}
+        return fam, {n: scores[n] for n in planner.caps if n in scores}, info
+
+
+def _hull(planner: Planner, lay: Layer, curve, weight: float, metrics: list[str], base: dict) -> Hull:
+    """Lower hull of a layer's valid measured candidates and its dense form (key: ranks tuple, or None)."""
+    def cost(size: dict) -> float:
+        return sum(size[m] / base[m] for m in metrics) if metrics else size["params"] / base["params"]
+
+    dense = {"params": lay.params, "macs": lay.macs or 0}
+    points: list[tuple[float, float, tuple | None]] = [(cost(dense), 0.0, None)]
+    for p in curve.points:
+        lp = planner.layer(lay, p.ranks)
+        if lp.action == "compress":
+            points.append((cost(planner.size([lp])), weight * p.drop, tuple(p.ranks)))
+    hull = lower_hull(points)
+    return Hull([None if k is None else list(k) for k in hull.keys], hull.costs, hull.damages, hull.breakpoints)
 
 
 def uniform_table(planner: Planner) -> dict[str, tuple[list[float], list[list[int]]]]:
@@ -207,7 +258,8 @@ class Search:
         """Plan meeting ``budget``; settings record the knob, the budget report and the search time
         (``search_time_s`` = this search + the solve; for lwiq the analysis time is in ``analysis``)."""
         start = time.perf_counter()
-        sol = solve(self.planner, self.family, budget)
+        family = self.family.for_budget(budget) if self.family.for_budget else self.family
+        sol = solve(self.planner, family, budget)
         solve_s = time.perf_counter() - start
         plans = [replace(lp, score=self.scores.get(lp.name)) for lp in sol.plans]
         settings = {"format": self.ctx.fmt.name, "allocator": self.name, "allow_more_macs": self.ctx.allow_more_macs,
@@ -246,6 +298,10 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--analysis", help="LWIQ scores from 'ttcompile analyze' (no model run needed)")
     g.add_argument("--calib", help="calibration data (.npz with x[, y] or a dataset spec) for lwiq/greedy")
     g.add_argument("--calib-batch", type=int, default=256, help="samples per ORT run on calibration data")
+    g.add_argument("--lwiq-weights", choices=LWIQ_WEIGHTS, default="flat",
+                   help="lwiq: weight of each layer's proxy-accuracy drop (flat: 1; gain: its LWIQ score)")
+    g.add_argument("--pseudo-classes", type=int, default=10,
+                   help="lwiq with --calib on a model whose output is no class score: k-means classes (default 10)")
 
 
 def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer], modes: dict | None
@@ -264,13 +320,15 @@ def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer
         raise UserError(f"unknown format {args.format!r}") from None
     name = args.allocator or "lwiq"
     ctx = Context(args.model, file_sha256(args.model), layers, fmt, modes, args.allow_more_macs, model=model,
-                  batch=args.calib_batch, progress=not getattr(args, "quiet", False))
+                  batch=args.calib_batch, progress=not getattr(args, "quiet", False), lwiq_weights=args.lwiq_weights)
     if name == "lwiq":
         if args.analysis:
             ctx.analysis = Analysis.load(args.analysis)
             ctx.analysis.check_model(args.model)
         elif args.calib:
-            ctx.analysis = analyze(args.model, args.calib, batch=args.calib_batch, progress=ctx.progress)
+            ctx.analysis = analyze(args.model, args.calib, formats=[fmt.name], modes=modes, batch=args.calib_batch,
+                                   input_shapes=parse_input_shapes(args.input_shape),
+                                   pseudo_classes=args.pseudo_classes, progress=ctx.progress)
         else:
             raise UserError("--allocator lwiq needs --analysis A.json (from 'ttcompile analyze') or --calib DATA")
     elif args.analysis:

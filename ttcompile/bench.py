@@ -237,6 +237,9 @@ def benchmark(
     )
 
 
+MAX_SAMPLE_BYTES = 1 << 30  # the inputs held for one model
+
+
 def _load(path: Path, data: Dataset | None, batches: list[int], n: int, seed: int) -> _Model:
     """Read ``path`` (UserError naming it when unusable), check its inputs, count its cost, make samples."""
     proto = to_proto(load_model(path))
@@ -259,6 +262,10 @@ def _load(path: Path, data: Dataset | None, batches: list[int], n: int, seed: in
     rng = np.random.default_rng(seed)
     samples = {}
     for inp in inputs:
+        size = n * math.prod(shapes[inp.name]) * inp.dtype.itemsize
+        if size > MAX_SAMPLE_BYTES:
+            raise UserError(f"{path}: {n} samples of input {inp.name!r} would take {size / 2**30:.3g} GiB "
+                            f"(limit {MAX_SAMPLE_BYTES / 2**30:g} GiB); use smaller --batch sizes")
         if data is not None:
             samples[inp.name] = data.x.reshape(n, *shapes[inp.name]).astype(inp.dtype, copy=False)
         elif np.issubdtype(inp.dtype, np.floating):
@@ -280,7 +287,11 @@ def _inputs(proto: onnx.ModelProto, path: Path) -> list[_Input]:
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape") or not tt.shape.dim:
             raise UserError(f"{path}: input {vi.name!r} is not a tensor with a batch dim")
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
-        inputs.append(_Input(vi.name, dims, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
+        if dtype is None or dtype.kind not in "biuf":
+            name = onnx.TensorProto.DataType.Name(tt.elem_type) if tt.elem_type else "undefined"
+            raise UserError(f"{path}: input {vi.name!r} has element type {name}, which bench cannot feed")
+        inputs.append(_Input(vi.name, dims, dtype))
     return inputs
 
 

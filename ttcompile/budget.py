@@ -78,11 +78,16 @@ def scaled_ranks(caps: list[int], x: float) -> list[int]:
 
 @dataclass
 class Family:
-    """Knob values (most compressed plan first) and ``rank(layer, value)``: its ranks there (None: dense)."""
+    """Knob values (most compressed plan first) and ``rank(layer, value)``: its ranks there (None: dense).
+
+    ``for_budget``: where the family depends on which metrics are budgeted (LWIQ's cost), the family
+    to solve a given budget with.
+    """
 
     knob: str
     values: list[float]
     rank: Callable[[str, float], list[int] | None]
+    for_budget: Callable[[Budget], Family] | None = None
 
 
 class Planner:

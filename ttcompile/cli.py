@@ -1,5 +1,8 @@
 """Command-line entry point. Each subcommand lives in its own module exposing
-``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them."""
+``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them.
+
+Exit status: 0 success, 2 bad input (one line naming the file, node or option), 3 the compressed
+model failed verification (nothing written), 130 interrupted."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ttcompile.errors import UserError
+from ttcompile.errors import EXIT_USER, EXIT_VERIFY, UserError, VerificationError
 from ttcompile.runtime import require_onnxruntime
 
 # subcommand -> (module, one-line help)
@@ -21,8 +24,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``PROG: error: ...``, exit 2), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ttcompile", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ttcompile", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -31,17 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split("\n"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    prog = "ttcompile"
     try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, or a usage error already printed
+            return int(exc.code or 0)
+        prog = f"ttcompile {args.command}"
         require_onnxruntime()  # a base install without a runtime flavour stops here, with the fix
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as exc:
-        print(f"ttcompile {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER
+    except VerificationError as exc:
+        print(f"{prog}: verification failed: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_VERIFY
     except KeyboardInterrupt:
-        print(f"ttcompile {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

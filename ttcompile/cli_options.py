@@ -52,6 +52,9 @@ def build_plan(args: argparse.Namespace):
     layers = find_layers(model, parse_input_shapes(args.input_shape))
     if not layers:
         raise UserError(f"{args.model}: no Gemm, MatMul or Conv node, nothing to compress")
+    unknown = sorted(set(parse_mode_overrides(args.modes)) - {lay.name for lay in layers})
+    if unknown:
+        raise UserError(f"--modes names layers this model does not have: {', '.join(unknown)}")
     if args.format == "auto":
         return model, _auto_plan(args, model, layers)
     budgeted = plan_from_args(args, model, layers, parse_mode_overrides(args.modes))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ttcompile.argtypes import batch_int, float_in
+from ttcompile.cli_options import parse_mode_overrides
 from ttcompile.lwiq import analyze
+from ttcompile.paths import check_outputs
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.tables import align, count
 
@@ -14,16 +17,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", required=True, help="calibration data: .npz with x (and optional y), or a dataset "
                                                   "spec such as mnist:val; without y the model's top-1 is used")
     p.add_argument("-o", "--output", required=True, help="analysis JSON to write (input of compress --analysis)")
-    p.add_argument("--batch", type=int, default=256, help="samples per ORT run (memory stays bounded)")
-    p.add_argument("--holdout", type=float, default=0.5, help="fraction of samples held out for proxy accuracy")
+    p.add_argument("--batch", type=batch_int, default=256, help="samples per ORT run (memory stays bounded)")
+    p.add_argument("--holdout", type=float_in(0.0, 1.0, low_open=False), default=0.5,
+                   help="fraction of samples held out for proxy accuracy")
     p.add_argument("--seed", type=int, default=0, help="seed of the imprint/held-out split")
+    p.add_argument("--format", default="tt", help="format(s) to measure rank-sensitivity curves in, comma "
+                                                  "separated (default tt); compress --format must be one of them")
+    p.add_argument("--modes", action="append", metavar="LAYER=IN:OUT", help="factorisation override, as compress")
+    p.add_argument("--pseudo-classes", type=int, default=10,
+                   help="classes for k-means pseudo-labels when the model output is no class score (default 10)")
     p.add_argument("--input-shape", action="append", metavar="NAME=DxD..", help="fix dynamic input dims")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    a = analyze(args.model, args.calib, batch=args.batch, holdout=args.holdout, seed=args.seed,
-                input_shapes=parse_input_shapes(args.input_shape), progress=not args.quiet)
+    check_outputs([("MODEL", args.model), ("--calib", args.calib)], [("-o", args.output)])
+    formats = [f for f in args.format.split(",") if f]
+    a = analyze(args.model, args.calib, formats=formats, modes=parse_mode_overrides(args.modes), batch=args.batch,
+                holdout=args.holdout, seed=args.seed, input_shapes=parse_input_shapes(args.input_shape),
+                pseudo_classes=args.pseudo_classes, progress=not args.quiet)
     a.save(args.output)
     c = a.calibration
     headers = ["layer", "kind", "params", "MACs", "probe (after)", "D", "acc", "acc prev", "gain", "score"]
@@ -39,5 +51,11 @@ def run(args: argparse.Namespace) -> int:
           + (f"; model accuracy on the held-out split: {c['model_accuracy_held_out']:.4f}"
              if c["model_accuracy_held_out"] is not None else ""))
     print(f"score: {a.formula} (eps = {a.epsilon:g})")
+    for fmt, curves in a.curves.items():
+        print(f"\nsensitivity curves ({fmt}): {a.drop_formula}")
+        crows = [[name, f"{c.accuracy:.4f}", str(len(c.points)),
+                  ", ".join(f"r{max(p.ranks)}:{p.drop:.3f}" for p in c.points[:: max(1, len(c.points) // 6)])]
+                 for name, c in curves.items()]
+        print("\n".join(align(["layer", "acc (dense)", "candidates", "d_l(r) at some ranks"], crows)))
     print(f"wrote {args.output} in {a.time_s:.2f} s ({c['batches']} batches of <= {c['batch']})")
     return 0

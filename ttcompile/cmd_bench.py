@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ttcompile.argtypes import MAX_BATCH, MAX_SECONDS, float_in, int_in, threads_int
+from ttcompile.paths import check_outputs
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -18,12 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=_batches,
                         help="comma-separated batch sizes (default 1,32,256; a model's fixed batch if it has one)")
-    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (0 = ORT default)")
+    parser.add_argument("--threads", type=threads_int, default=1, help="ORT intra-op threads (0 = ORT default)")
     parser.add_argument(
-        "--repeats", type=int, default=5, help="interleaved rounds per model (median reported)"
+        "--repeats", type=int_in(1, 1000), default=5, help="interleaved rounds per model (median reported)"
     )
     parser.add_argument(
-        "--min-time", type=float, default=0.25, help="seconds of timed runs per batch size and round"
+        "--min-time", type=float_in(0.0, MAX_SECONDS, low_open=False), default=0.25,
+        help="seconds of timed runs per batch size and round"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON")
@@ -33,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ttcompile.bench import benchmark
     from ttcompile.report import format_table, write_json
 
+    check_outputs([*(("MODEL", m) for m in args.models), ("--data", args.data)], [("--json", args.json)])
     data = None
     if args.data:
         from ttcompile.models.data import load_dataset
@@ -76,6 +81,7 @@ def _batches(text: str) -> list[int]:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    if not values or min(values) < 1 or max(values) > MAX_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"expected integers in [1, {MAX_BATCH}] separated by commas, got {text!r}")
     return values

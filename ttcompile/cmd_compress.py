@@ -1,4 +1,8 @@
-"""``ttcompile compress MODEL -o OUT``: plan, rewrite, check and compare; writes OUT and OUT's plan."""
+"""``ttcompile compress MODEL -o OUT``: plan, rewrite, check and compare; writes OUT and OUT's plan.
+
+Nothing is written until the compressed model passed ``onnx.checker``, ran in ONNX Runtime and passed the
+verification gate (``ttcompile.gate``); then OUT and its plan are written as one atomic pair. A failed
+gate exits with code 3, bad input with 2; either way no file is created or changed."""
 
 from __future__ import annotations
 
@@ -9,11 +13,16 @@ import onnx
 import onnx_ir as ir
 
 from ttcompile.allocators import add_budget_arguments, describe
+from ttcompile.argtypes import batch_int, count_int, positive_float, threads_int
+from ttcompile.atomic import write_files_atomic
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
-from ttcompile.compress import apply_plan
+from ttcompile.compress import RewriteResult, apply_plan, check_plan_layers
 from ttcompile.errors import UserError
 from ttcompile.feeds import load_named_feeds
-from ttcompile.graph import load_model, save_model, to_proto
+from ttcompile.gate import enforce, floor_for, judge
+from ttcompile.graph import load_model, to_proto
+from ttcompile.layers import NON_FINITE, find_layers
+from ttcompile.paths import check_output, check_outputs
 from ttcompile.plan import Plan
 from ttcompile.quant import chain_precision, precision_summary
 from ttcompile.shapes import parse_input_shapes
@@ -26,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", help="apply this saved plan exactly instead of planning")
     p.add_argument("--data", help="inputs for the output comparison: .npz with x (or one array per model input, "
                    "by name), mnist[:split] or digits")
-    p.add_argument("--samples", type=int, default=64, help="how many inputs to compare on (default 64)")
+    p.add_argument("--samples", type=batch_int, default=64, help="how many inputs to compare on (default 64)")
+    p.add_argument("--max-error", type=positive_float, metavar="E",
+                   help="fail (exit 3, nothing written) when the relative output error exceeds E "
+                        "(default: the limit predicted from the layers' reconstruction errors, see ttcompile.gate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_arguments(p)
     add_training_arguments(p)
@@ -36,7 +48,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (core-space distillation from MODEL, optional learned rank selection)")
     g.add_argument("--train", metavar="D", help="train the compressed cores on D (path.npz | mnist[:split] | ...)")
     g.add_argument("--val", metavar="D", help="validation data; the best fine-tuning epoch is kept")
-    g.add_argument("--finetune-epochs", type=int, default=10, help="epochs at the final ranks (default 10)")
+    g.add_argument("--finetune-epochs", type=count_int, default=10, help="epochs at the final ranks (default 10)")
     g.add_argument("--rank-select", choices=["l0", "admm"], help="learn ranks with l0 gates, or ADMM on the dense "
                    "model, before fine-tuning")
     g.add_argument("--select-epochs", type=int, help="epochs of the rank-selection phase (default: finetune-epochs)")
@@ -48,7 +60,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-cr", type=float, help="l0: freeze the gates once the whole model is compressed X times")
     g.add_argument("--rho", type=float, default=1e-3, help="ADMM penalty (default 1e-3)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 0)")
-    g.add_argument("--threads", type=int, default=1, help="torch/ORT threads while training (default 1)")
+    g.add_argument("--threads", type=threads_int, default=1, help="torch/ORT threads while training (default 1)")
 
 
 def plan_path(output: str | Path) -> Path:
@@ -70,48 +82,67 @@ def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
     return {inputs[0].name: load_dataset(args.data).x[: args.samples]}
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Before any work: OUT and its plan are writable files that are none of the inputs."""
+    inputs = [("MODEL", args.model)] + [(f"--{k}", getattr(args, k, None))
+                                        for k in ("plan", "data", "train", "val", "analysis", "calib")]
+    check_output(args.output, "-o")  # a name at all, before deriving its plan's name
+    check_outputs(inputs, [("-o", args.output), ("plan of -o", plan_path(args.output))])
+
+
 def compress_model(args: argparse.Namespace):
-    """Plan (or load a plan), rewrite, save atomically; returns (plan, rewrite results, saved proto)."""
-    src, out = Path(args.model), Path(args.output)
-    if out.exists() and src.exists() and out.resolve() == src.resolve():
-        raise UserError(f"{out}: refusing to overwrite the input model; choose another -o")
+    """Plan (or load a plan), rewrite (and train); returns (plan, rewrite results, proto). Writes nothing."""
     if args.plan:
-        model, plan = load_model(src), Plan.load(args.plan)
+        model, plan = load_model(args.model), Plan.load(args.plan)
+        check_plan_layers(plan, find_layers(model, parse_input_shapes(args.input_shape)))
     else:
         model, plan = build_plan(args)
     if args.train:
-        from ttcompile.rank_select import train_to_file
+        from ttcompile.rank_select import train_compressed
 
-        return train_to_file(args, model, plan, out)
+        return train_compressed(args, model, plan)
     if args.rank_select:
         raise UserError("--rank-select needs training data (--train)")
-    results, proto = compress_to_file(model, plan, out, progress=not args.quiet)
+    results, proto = compress_in_memory(model, plan, progress=not args.quiet)
     return plan, results, proto
 
 
 def check_some_compressed(plan: Plan) -> None:
+    """A plan that compresses nothing, or a model with non-finite weights (its outputs cannot be
+    compared), is refused."""
+    bad = [lp for lp in plan.layers if (lp.layer.skip or "").endswith(NON_FINITE)]
+    if bad:
+        raise UserError(f"{plan.model}: layer {bad[0].name!r}: {bad[0].layer.skip}")
     if not any(lp.action == "compress" for lp in plan.layers):
         reasons = "; ".join(f"{lp.name}: {lp.reason}" for lp in plan.layers)
         raise UserError(f"{plan.model}: no layer would be compressed ({reasons})")
 
 
-def save_checked(proto: onnx.ModelProto, plan: Plan, out: Path) -> None:
-    """Check the model, write OUT and OUT's plan atomically."""
-    check_model(proto)
-    save_model(proto, out)
-    plan.save(plan_path(out))
+def check_some_rewritten(plan: Plan, results: list[RewriteResult]) -> None:
+    """A run in which every planned rewrite failed is an error, not a copy of the input."""
+    if not any(r.rewritten for r in results):
+        reasons = "; ".join(f"{r.name}: {r.reason}" for r in results)
+        raise UserError(f"{plan.model}: no layer could be rewritten ({reasons})")
 
 
-def compress_to_file(model: ir.Model, plan: Plan, out: Path, progress: bool = True):
-    """Apply ``plan`` to ``model``, check it, write OUT and OUT's plan atomically."""
+def compress_in_memory(model: ir.Model, plan: Plan,
+                       progress: bool = True) -> tuple[list[RewriteResult], onnx.ModelProto]:
+    """Apply ``plan`` to ``model`` and check the result with onnx.checker."""
     check_some_compressed(plan)
     results = apply_plan(model, plan, progress=progress)
+    check_some_rewritten(plan, results)
     proto = to_proto(model)
-    save_checked(proto, plan, out)
+    check_model(proto)
     return results, proto
 
 
+def save_pair(proto: onnx.ModelProto, plan: Plan, out: str | Path) -> None:
+    """OUT's plan and OUT as one atomic step (both written and fsynced, then the plan renamed, then OUT)."""
+    write_files_atomic({plan_path(out): plan.to_bytes(), Path(out): proto.SerializeToString()})
+
+
 def run(args: argparse.Namespace) -> int:
+    check_paths(args)
     plan, results, proto = compress_model(args)
     original = onnx.load(args.model)
     print(plan_table(plan))
@@ -120,10 +151,17 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if not r.rewritten:
             print(f"skipped {r.name}: {r.reason}")
-    errors = relative_errors(original, proto, _comparison_inputs(args, original))
+    errors = relative_errors(original, proto, _comparison_inputs(args, original),
+                             names=(args.model, "the compressed model"))
     source = args.data or "random inputs"
     for name, err in errors.items():
         print(f"output {name}: relative error {err:.3e} vs original on {source}")
+    verdict = judge(errors, [r.error for r in results if r.rewritten], args.max_error, trained=bool(args.train),
+                    floor=floor_for(original))
+    enforce(verdict)
+    limit = "finite" if verdict.limit is None else f"<= {verdict.limit:.2e}"
+    print(f"verification passed: output error {verdict.measured:.3e}, allowed {limit} ({verdict.basis})")
+    save_pair(proto, plan, args.output)
     rewritten = [lp.layer for lp in plan.layers if lp.action == "compress"]
     print(f"rewritten layers' weights were {precision_summary(rewritten)}; their chains are "
           f"{chain_precision(proto, [layer.name for layer in rewritten])}")

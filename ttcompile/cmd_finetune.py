@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ttcompile.errors import UserError
+from ttcompile.argtypes import batch_int, count_int, float_in, positive_float, threads_int
 from ttcompile.graph import load_model, save_model, to_proto
+from ttcompile.paths import check_outputs
 from ttcompile.verify import check_model
 
 
@@ -17,17 +18,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", metavar="D", help="validation data: accuracy with labels, else top-1 agreement "
                    "with the teacher; the best epoch is kept (default: the last epoch)")
     p.add_argument("-o", "--output", required=True, help="fine-tuned model to write (same graph, new weights)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 0)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
-    p.add_argument("--kd-weight", type=float, default=0.9,
+    p.add_argument("--epochs", type=count_int, default=10)
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (cosine decay to 0)")
+    p.add_argument("--batch-size", type=batch_int, default=128)
+    p.add_argument("--temperature", type=positive_float, default=4.0, help="distillation temperature")
+    p.add_argument("--kd-weight", type=float_in(0.0, 1.0, low_open=False), default=0.9,
                    help="weight of the distillation term; the rest goes to cross-entropy on labels")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float_in(0.0, low_open=False), default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", metavar="PATH", help="saved after every epoch (default: OUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
-    p.add_argument("--threads", type=int, default=0, help="torch and ORT threads (0: their defaults)")
+    p.add_argument("--threads", type=threads_int, default=0, help="torch and ORT threads (0: their defaults)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -49,14 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from ttcompile.train.finetune import finetune
 
     src, out = Path(args.model), Path(args.output)
-    for path, role in ((src, "the input model"), (Path(args.teacher), "the teacher")):
-        if out.exists() and path.exists() and out.resolve() == path.resolve():
-            raise UserError(f"{out}: refusing to overwrite {role}; choose another -o")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    inputs = [("MODEL", src), ("--teacher", args.teacher), ("--train", args.train), ("--val", args.val)]
+    check_outputs(inputs, [("-o", out), ("--checkpoint", checkpoint)])
     student, teacher = to_proto(load_model(src)), to_proto(load_model(args.teacher))
     train = load_dataset(args.train)
     val = load_dataset(args.val) if args.val else None
     metric = "accuracy" if val is not None and val.y is not None else "agreement"
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     if args.resume and checkpoint.exists():
         print(f"resuming from {checkpoint}")
     model, history = finetune(

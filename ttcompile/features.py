@@ -32,6 +32,7 @@ import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
+from ttcompile.argtypes import MAX_BATCH
 from ttcompile.errors import UserError
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
@@ -66,12 +67,14 @@ class ModelInput:
 
 @dataclass
 class Calibration:
-    """Inputs ``x`` ``(N, *sample)`` in the model's dtype, labels ``y`` ``(N,)`` int64 or None."""
+    """Inputs ``x`` ``(N, *sample)`` in the model's dtype, labels ``y`` ``(N,)`` int64 or None.
+
+    ``n_classes``: K of an ``(N, K)`` first output, else from the labels; None without either."""
 
     x: np.ndarray
     y: np.ndarray | None
     source: str
-    n_classes: int
+    n_classes: int | None
     note: str = ""  # e.g. that samples were reshaped to the model's input
 
 
@@ -105,6 +108,7 @@ def load_calibration(spec: str, proto: onnx.ModelProto) -> Calibration:
 
     Samples whose shape differs from the model's input but has the same size are reshaped (noted);
     a different size, labels outside ``[0, K)``, or a class with no sample is a UserError naming ``spec``.
+    Without labels, what the proxies classify is decided later (``ttcompile.targets``).
     """
     from ttcompile.models.data import load_dataset
 
@@ -130,9 +134,6 @@ def load_calibration(spec: str, proto: onnx.ModelProto) -> Calibration:
         if missing:
             raise UserError(f"{spec}: no sample of class{'es' if len(missing) > 1 else ''} "
                             f"{', '.join(map(str, missing))}; every one of the {k} classes must be present")
-    elif k is None:
-        raise UserError(f"{spec}: no labels 'y', and the model's first output is not (N, classes) logits "
-                        "to take top-1 labels from")
     return Calibration(data.x.astype(inp.dtype, copy=False), y, spec, k, note)
 
 
@@ -146,6 +147,7 @@ class Probe:
     layer: str
     value: str  # tensor name read (an extra graph output unless it is one already)
     through: tuple[str, ...]  # op types followed after the layer's own node
+    nodes: tuple[str, ...]  # names of the layer's node and the nodes followed, in order
     channels_first: bool  # pooled as a conv map (N, C, *S); else as FC features (N, ..., F)
     previous: str | None  # value of the nearest upstream probe; None: the model input
 
@@ -154,8 +156,9 @@ def _is_data(value: ir.Value | None) -> bool:
     return value is not None and value.const_value is None
 
 
-def _capture_value(node: ir.Node) -> tuple[ir.Value, tuple[str, ...]]:
-    value, through = node.outputs[0], []
+def _capture_value(node: ir.Node) -> tuple[ir.Value, list[ir.Node]]:
+    """The capture point of ``node`` and the nodes from ``node`` to it (``node`` first)."""
+    value, chain = node.outputs[0], [node]
     while not value.is_graph_output():
         users = {id(use.node): use.node for use in value.uses()}
         if len(users) != 1:
@@ -164,8 +167,8 @@ def _capture_value(node: ir.Node) -> tuple[ir.Value, tuple[str, ...]]:
         if user.domain not in ("", "ai.onnx") or user.op_type not in FOLLOW_OPS:
             break
         value = user.outputs[0]
-        through.append(user.op_type)
-    return value, tuple(through)
+        chain.append(user)
+    return value, chain
 
 
 def _previous(node: ir.Node, points: set[str]) -> str | None:
@@ -191,9 +194,10 @@ def find_probes(model: ir.Model, layers: list[Layer]) -> list[Probe]:
     captured = {name: _capture_value(node) for name, node in nodes.items()}
     points = {value.name for value, _ in captured.values()}
     return [
-        Probe(layer.name, captured[layer.name][0].name, captured[layer.name][1], layer.kind == "conv",
-              _previous(nodes[layer.name], points))
+        Probe(layer.name, value.name, tuple(n.op_type for n in chain[1:]), tuple(n.name for n in chain),
+              layer.kind == "conv", _previous(nodes[layer.name], points))
         for layer in layers
+        for value, chain in [captured[layer.name]]
     ]
 
 
@@ -226,17 +230,22 @@ def _pool_matrix(n: int, s: int) -> np.ndarray:
 
 
 def embed(a: np.ndarray, channels_first: bool, target: int = EMBEDDING_TARGET) -> np.ndarray:
-    """Fixed-length embedding ``(N, D)`` (float64) of an activation batch (see the module docstring)."""
-    a = np.asarray(a, dtype=np.float64)
+    """Fixed-length embedding ``(N, D)`` (float64) of an activation batch (see the module docstring).
+
+    Pooling is one matrix product per spatial axis in the activation's own float precision (float32 for
+    float16 maps), then float64.
+    """
+    a = np.asarray(a)
     if a.ndim == 2:
-        return a
+        return a.astype(np.float64)
     if not channels_first:
-        return a.reshape(a.shape[0], -1, a.shape[-1]).mean(axis=1)
-    out = a
+        return a.reshape(a.shape[0], -1, a.shape[-1]).mean(axis=1, dtype=np.float64)
+    dtype = np.float64 if a.dtype == np.float64 else np.float32
+    out = a.astype(dtype, copy=False)
     for axis, s in enumerate(pool_cells(a.shape[1], a.shape[2:], target)):
-        out = np.moveaxis(np.tensordot(out, _pool_matrix(a.shape[2 + axis], s), axes=([2 + axis], [1])), -1,
-                          2 + axis)
-    return out.reshape(a.shape[0], -1)
+        moved = np.moveaxis(out, 2 + axis, -1)
+        out = np.moveaxis(moved @ _pool_matrix(a.shape[2 + axis], s).T.astype(dtype), -1, 2 + axis)
+    return out.reshape(a.shape[0], -1).astype(np.float64)
 
 
 # ---- batched runs -------------------------------------------------------------------------------
@@ -248,6 +257,9 @@ class BatchRunner:
     def __init__(self, model_bytes: bytes, inp: ModelInput, outputs: list[str], batch: int = 256):
         if batch < 1:
             raise UserError(f"batch size {batch} must be at least 1")
+        if inp.fixed_batch is not None and inp.fixed_batch > MAX_BATCH:
+            raise UserError(f"input {inp.name!r} has a fixed batch of {inp.fixed_batch} samples, more than the "
+                            f"{MAX_BATCH} a run may take")
         self.session = make_session(model_bytes)
         self.input, self.outputs = inp.name, outputs
         self.static = inp.fixed_batch is not None  # a static batch dim takes exactly that many samples
@@ -267,7 +279,7 @@ class BatchRunner:
             self.runs += 1
             if progress is not None:
                 progress.update(1)
-            yield idx, {name: arr[:len(idx)] for name, arr in zip(self.outputs, got)}
+            yield idx, {name: arr[:len(idx)] if pad else arr for name, arr in zip(self.outputs, got)}
 
     def n_batches(self, n: int) -> int:
         return -(-n // self.batch)

@@ -13,6 +13,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
 
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
+from ttcompile.external import check_external_data
 from ttcompile.normalize import fold_constant_identities
 
 
@@ -29,7 +30,11 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if not path.is_file():
         raise UserError(f"{path}: not a file")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        proto = onnx.load(str(path), load_external_data=False)
+        check_external_data(path, proto)
+        onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    except UserError:
+        raise
     except FileNotFoundError as exc:
         raise UserError(f"{path}: missing external data file ({exc.filename or exc})") from exc
     except onnx.checker.ValidationError as exc:
@@ -38,6 +43,9 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not proto.graph.node:
         raise UserError(f"{path}: not an ONNX model (empty graph)")
+    bad = _invalid_text(proto)
+    if bad:
+        raise UserError(f"{path}: invalid UTF-8 in a {bad[0]} ({bad[1]!r}); the file is damaged")
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
@@ -48,6 +56,26 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     fold_constant_identities(model)
     NameFixPass()(model)
     return model
+
+
+def _invalid_text(message) -> tuple[str, bytes] | None:
+    """(field name, raw bytes) of the first string field that is not valid UTF-8 (protobuf hands such a
+    field back as bytes), searching nested messages; None when all text is valid."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = value if repeated else [value]
+            for v in values:
+                if isinstance(v, bytes):
+                    return field.name, v[:40]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for v in value if repeated else [value]:
+                found = _invalid_text(v)
+                if found:
+                    return found
+    return None
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

@@ -30,6 +30,7 @@ from ttcompile.quant import (
 from ttcompile.shapes import static_shapes
 
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE}
+NON_FINITE = "has NaN or infinite values"  # ends the skip reason of such a weight
 
 
 @dataclass
@@ -105,6 +106,8 @@ def _weight_problem(value: ir.Value) -> str | None:
     integer_op = any(use.node.op_type in INTEGER_OPS for use in value.uses())
     if value.const_value is not None and value.dtype not in FLOAT_TYPES and not integer_op:
         return f"weight dtype {value.dtype.name} is not floating point"
+    if not np.isfinite(constant_array(value)).all():  # a QDQ weight: its dequantized values
+        return f"weight {value.name} {NON_FINITE}"
     users = {use.node.name for use in value.uses()}
     if len(users) > 1:
         return f"weight {value.name} is shared by {len(users)} nodes ({', '.join(sorted(users))})"
@@ -210,11 +213,11 @@ _FINDERS = {"Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "MatMulInteger": _i
 
 
 def find_layers(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[Layer]:
-    """All Gemm/MatMul/Conv nodes in graph order, with ``skip`` set on those we cannot rewrite."""
-    try:
-        shapes = static_shapes(to_proto(model), batch=1, input_shapes=input_shapes)
-    except Exception:
-        shapes = {}
+    """All Gemm/MatMul/Conv nodes in graph order, with ``skip`` set on those we cannot rewrite.
+
+    Shapes come from shape inference at batch 1; a wrong ``input_shapes`` entry, a dynamic dim it does
+    not fix, or inference failing is a UserError (never silently unknown sizes)."""
+    shapes = static_shapes(to_proto(model), batch=1, input_shapes=input_shapes)
     layers = []
     for node in model.graph:
         if node.domain in ("", "ai.onnx") and node.op_type in _FINDERS:

@@ -23,36 +23,46 @@ Procedure (design notes, methods.md section 1):
    in a chain); for the first layers it is ``acc_0``, the proxy imprinted on the pooled model input
    itself, so a layer is credited only with the class separability it adds to what its input already
    had (acc_0 = chance or 0 would hand the first layer nearly all the credit).
+5. Sensitivity curves (``ttcompile.sensitivity``), per requested format: during the held-out pass the
+   inputs of every layer's probe subgraph are captured; each layer is then rewritten at every candidate
+   of its one-knob rank family and classified by the prototypes of step 3, giving ``d_l(r)``. The rank
+   allocator (``ttcompile.allocators``, ``lwiq``) spends a budget on these curves with one multiplier.
+
+Items and classes come from ``ttcompile.targets``: the data's labels, the model's top-1, per-position
+classes of a sequence output, or k-means pseudo-classes of any other output.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from ttcompile.atomic import write_bytes_atomic
+from ttcompile.budget import Planner
 from ttcompile.errors import UserError
 from ttcompile.features import (
     EMBEDDING_TARGET,
     BatchRunner,
-    Calibration,
     Probe,
-    embed,
     find_probes,
     load_calibration,
     model_input,
     probe_model,
 )
 from ttcompile.graph import load_model, to_proto
+from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer, find_layers
-from ttcompile.plan import file_sha256
+from ttcompile.passes.base import get_format
+from ttcompile.plan import check_types, file_sha256
+from ttcompile.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, layer_span, measure_curves
+from ttcompile.targets import Targets, make_targets
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 EPSILON = 1e-3
 INPUT = "<model input>"
 SCORE_FORMULA = ("gain_l = acc_l - acc_prev(l); s_l = max(gain_l, eps); score_l = s_l / max_j s_j; "
@@ -79,12 +89,18 @@ class LayerScore:
 
     @classmethod
     def from_json(cls, d: dict) -> LayerScore:
+        num = (int, float)
+        check_types(d, {"layer": (dict,), "embedding": (int,), "proxy_accuracy": num, "previous_accuracy": num,
+                        "gain": num, "score": num}, "analysis layer")
         return cls(**{**d, "layer": Layer.from_json(d["layer"])})
 
 
 @dataclass
 class Analysis:
-    """Scores of every compressible layer, with what produced them (saved as analysis JSON)."""
+    """Scores and sensitivity curves of every compressible layer, with what produced them (analysis JSON).
+
+    ``curves[format][layer]``: the layer's ``Curve`` in that format (``ttcompile.sensitivity``).
+    """
 
     model: str
     model_sha256: str
@@ -92,8 +108,11 @@ class Analysis:
     input_accuracy: float
     calibration: dict
     time_s: float
+    curves: dict[str, dict[str, Curve]] = field(default_factory=dict)
+    targets: dict = field(default_factory=dict)
     epsilon: float = EPSILON
     formula: str = SCORE_FORMULA
+    drop_formula: str = DROP_FORMULA
     embedding_target: int = EMBEDDING_TARGET
 
     @property
@@ -103,6 +122,7 @@ class Analysis:
     def to_json(self) -> dict:
         d = asdict(self)
         d["layers"] = [ls.to_json() for ls in self.layers]
+        d["curves"] = {f: {n: c.to_json() for n, c in cs.items()} for f, cs in self.curves.items()}
         return {"version": ANALYSIS_VERSION, "kind": "lwiq-analysis", **d}
 
     def save(self, path: str | Path) -> Path:
@@ -110,16 +130,20 @@ class Analysis:
 
     @classmethod
     def load(cls, path: str | Path) -> Analysis:
-        try:
-            d = json.loads(Path(path).read_text())
-            if d.pop("kind", None) != "lwiq-analysis" or d.pop("version", None) != ANALYSIS_VERSION:
-                raise ValueError(f"not an LWIQ analysis of version {ANALYSIS_VERSION}")
+        def parse(d) -> Analysis:
+            check_types(d, {"model_sha256": (str,), "layers": (list,), "calibration": (dict,), "curves": (dict,)},
+                        "analysis")
+            if d.pop("kind", None) != "lwiq-analysis":
+                raise ValueError("not an LWIQ analysis")
+            version = d.pop("version", None)
+            if version != ANALYSIS_VERSION:
+                raise ValueError(f"analysis version {version!r}, this ttcompile reads version {ANALYSIS_VERSION} "
+                                 "(re-run 'ttcompile analyze')")
             d["layers"] = [LayerScore.from_json(x) for x in d["layers"]]
+            d["curves"] = {f: {n: Curve.from_json(c) for n, c in cs.items()} for f, cs in d["curves"].items()}
             return cls(**d)
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such analysis file") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path}: not a valid ttcompile analysis ({exc})") from exc
+
+        return load_json(path, "analysis", parse)
 
     def check_model(self, model_path: str | Path) -> None:
         """UserError unless ``model_path`` is the model that was analysed (same SHA-256)."""
@@ -153,8 +177,10 @@ class ProxyClassifier:
         self.weights = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-30)
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
-        """Top-1 class ``(B,)`` of ``emb`` (B, D) by cosine similarity to the imprinted weights."""
-        return np.argmax(emb @ self.weights.T, axis=1)
+        """Top-1 class ``(B,)`` of ``emb`` (B, D) by cosine similarity, among the classes that were imprinted."""
+        logits = emb @ self.weights.T
+        logits[:, self.counts == 0] = -np.inf
+        return np.argmax(logits, axis=1)
 
 
 def split_indices(n: int, labels: np.ndarray | None, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,11 +198,14 @@ def split_indices(n: int, labels: np.ndarray | None, holdout: float, seed: int) 
     return np.sort(np.concatenate(imprint)), np.sort(np.concatenate(held))
 
 
-def _check_classes(counts: np.ndarray, split: str, calib: Calibration) -> None:
-    missing = np.flatnonzero(counts == 0).tolist()
+def _check_classes(targets: Targets, idx: np.ndarray, split: str, source: str) -> None:
+    """Every class of a classifier (given labels or top-1) must be in both splits; pseudo/sequence may miss some."""
+    if targets.kind not in ("labels", "top1"):
+        return
+    missing = np.flatnonzero(np.bincount(targets.labels[idx], minlength=targets.n_classes) == 0).tolist()
     if missing:
-        how = "has no sample of" if calib.y is not None else "has no sample the model predicts as"
-        raise UserError(f"{calib.source}: the {split} split {how} class {', '.join(map(str, missing))}; "
+        how = "has no sample of" if targets.kind == "labels" else "has no sample the model predicts as"
+        raise UserError(f"{source}: the {split} split {how} class {', '.join(map(str, missing))}; "
                         "every class must be in both splits (add samples or labels 'y')")
 
 
@@ -194,53 +223,80 @@ def analyze(
     model_path: str | Path,
     calib_spec: str,
     *,
+    formats: tuple[str, ...] | list[str] = ("tt",),
+    modes: dict[str, dict] | None = None,
     batch: int = 256,
     holdout: float = 0.5,
     seed: int = 0,
     input_shapes: dict | None = None,
+    pseudo_classes: int = 10,
+    curve_samples: int = CURVE_SAMPLES,
+    readout: str = "next",
     progress: bool = True,
 ) -> Analysis:
-    """Run the LWIQ analysis of ``model_path`` on calibration data ``calib_spec`` (see the module docstring)."""
+    """Run the LWIQ analysis of ``model_path`` on calibration data ``calib_spec`` (see the module docstring).
+
+    ``formats``: the formats to measure sensitivity curves in (none: scores only); ``modes`` overrides
+    factorisations per layer as ``compress --modes`` does; ``readout``: where a layer's candidates are
+    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.sensitivity.layer_span``).
+    """
     start = time.perf_counter()
     model = load_model(model_path)
     layers = [layer for layer in find_layers(model, input_shapes) if layer.compressible]
     if not layers:
         raise UserError(f"{model_path}: no compressible Gemm, MatMul or Conv layer to analyse")
+    planners = {}
+    for name in formats:
+        try:
+            planners[name] = Planner(layers, get_format(name), modes, allow_more_macs=True)
+        except KeyError:
+            raise UserError(f"unknown format {name!r}") from None
     proto = to_proto(model)
     calib = load_calibration(calib_spec, proto)
     probes = find_probes(model, layers)
-    imprint_idx, held_idx = split_indices(len(calib.x), calib.y, holdout, seed)
-    if calib.y is not None:  # fail before running anything
-        for split, idx in (("imprint", imprint_idx), ("held-out", held_idx)):
-            _check_classes(np.bincount(calib.y[idx], minlength=calib.n_classes), split, calib)
+    targets = make_targets(calib, proto, batch=batch, pseudo_classes=pseudo_classes, seed=seed)
+    imprint_idx, held_idx = split_indices(len(calib.x), targets.sample_labels(), holdout, seed)
+    for split, idx in (("imprint", imprint_idx), ("held-out", held_idx)):
+        _check_classes(targets, idx, split, calib.source)
     logits = proto.graph.output[0].name
     values = list(dict.fromkeys(p.value for p in probes))
+    x_name = model_input(proto).name
+    spans = {p.layer: layer_span(model, probes, p, readout) for p in probes
+             if any(p.layer in pl.caps for pl in planners.values())}
+    needed = sorted({n for span in spans.values() for n in span.inputs})
     channels_first = {p.value: p.channels_first for p in probes} | {INPUT: calib.x.ndim > 2}
-    runner = BatchRunner(probe_model(model, values), model_input(proto), [logits, *values], batch)
-    proxies = {v: ProxyClassifier(calib.n_classes) for v in [INPUT, *values]}
-    held_counts, hits = np.zeros(calib.n_classes, dtype=np.int64), dict.fromkeys(proxies, 0)
-    model_hits = 0
+    outputs = list(dict.fromkeys([logits, *values, *(n for n in needed if n != x_name)]))
+    runner = BatchRunner(probe_model(model, outputs[1:]), model_input(proto), outputs, batch)
+    proxies = {v: ProxyClassifier(targets.n_classes) for v in [INPUT, *values]}
+    hits = dict.fromkeys(proxies, 0)
+    model_hits, classifier = 0, targets.kind == "labels" and len(proto.graph.output[0].type.tensor_type.shape.dim) == 2
+    capture = Capture(needed, min(curve_samples, len(held_idx)))
     bar = tqdm(total=runner.n_batches(len(imprint_idx)) + runner.n_batches(len(held_idx)), unit="batch",
                desc="lwiq", disable=not progress)
-    with bar:
-        for idx, out in runner.batches(calib.x, imprint_idx, bar):
-            labels = calib.y[idx] if calib.y is not None else np.argmax(out[logits], axis=1)
-            out[INPUT] = calib.x[idx]
-            for v, proxy in proxies.items():
-                proxy.add(embed(out[v], channels_first[v]), labels)
-        _check_classes(proxies[INPUT].counts, "imprint", calib)
-        for proxy in proxies.values():
-            proxy.imprint()
-        for idx, out in runner.batches(calib.x, held_idx, bar):
-            predicted = np.argmax(out[logits], axis=1)
-            labels = calib.y[idx] if calib.y is not None else predicted
-            model_hits += int((predicted == labels).sum())
-            held_counts += np.bincount(labels, minlength=calib.n_classes)
-            out[INPUT] = calib.x[idx]
-            for v, proxy in proxies.items():
-                hits[v] += int((proxy.predict(embed(out[v], channels_first[v])) == labels).sum())
-    _check_classes(held_counts, "held-out", calib)
-    accuracy = {v: h / len(held_idx) for v, h in hits.items()}
+    try:
+        with bar:
+            for idx, out in runner.batches(calib.x, imprint_idx, bar):
+                out[INPUT] = calib.x[idx]
+                for v, proxy in proxies.items():
+                    proxy.add(targets.embed(out[v], channels_first[v]), targets.items(idx))
+            for proxy in proxies.values():
+                proxy.imprint()
+            for idx, out in runner.batches(calib.x, held_idx, bar):
+                labels = targets.items(idx)
+                if classifier:
+                    model_hits += int((np.argmax(out[logits], axis=1) == labels).sum())
+                out[INPUT] = out[x_name] = calib.x[idx]
+                capture.add({n: out[n] for n in capture.names})
+                for v, proxy in proxies.items():
+                    hits[v] += int((proxy.predict(targets.embed(out[v], channels_first[v])) == labels).sum())
+        items = len(held_idx) * targets.positions
+        accuracy = {v: h / items for v, h in hits.items()}
+        curve_labels = targets.items(held_idx[:capture.samples])
+        curves = {name: measure_curves(model, layers, spans, capture, planner, targets, proxies, curve_labels,
+                                       batch=runner.batch, progress=progress)
+                  for name, planner in planners.items()}
+    finally:
+        capture.close()
     layer_scores = [
         LayerScore(layer, p.value, list(p.through), p.previous or INPUT, int(proxies[p.value].sums.shape[1]),
                    accuracy[p.value], a_prev, gain, score)
@@ -251,14 +307,16 @@ def analyze(
         "samples": int(len(calib.x)),
         "imprint": int(len(imprint_idx)),
         "held_out": int(len(held_idx)),
+        "curve_samples": int(capture.samples),
+        "readout": readout,
         "holdout_fraction": holdout,
         "seed": seed,
         "batch": runner.batch,
         "batches": runner.runs,
-        "classes": calib.n_classes,
-        "labels": "given" if calib.y is not None else "model top-1 predictions (the data has no labels 'y')",
-        "model_accuracy_held_out": model_hits / len(held_idx) if calib.y is not None else None,
+        "classes": targets.n_classes,
+        "labels": targets.note,
+        "model_accuracy_held_out": model_hits / len(held_idx) if classifier else None,
         "note": calib.note,
     }
     return Analysis(str(model_path), file_sha256(model_path), layer_scores, accuracy[INPUT], calibration,
-                    round(time.perf_counter() - start, 3))
+                    round(time.perf_counter() - start, 3), curves, targets.to_json())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
+from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format, get_format
 
@@ -46,7 +47,28 @@ class LayerPlan:
 
     @classmethod
     def from_json(cls, d: dict) -> LayerPlan:
+        check_types(d, _LAYER_PLAN_TYPES, "layer entry")
+        check_types(d["layer"], _LAYER_TYPES, f"layer {d['layer'].get('name')!r}")
         return cls(**{**d, "layer": Layer.from_json(d["layer"])})
+
+
+_NUM, _INT, _STR, _NONE = (int, float), (int,), (str,), (type(None),)
+_LAYER_PLAN_TYPES = {"layer": (dict,), "action": _STR, "format": _STR + _NONE, "modes": (dict,) + _NONE,
+                     "ranks": (list,) + _NONE, "options": (dict,) + _NONE, "params": _INT + _NONE,
+                     "macs": _INT + _NONE, "reason": _STR + _NONE, "score": _NUM + _NONE, "error": _NUM + _NONE}
+_LAYER_TYPES = {"name": _STR, "kind": _STR, "op_type": _STR, "weight": _STR, "weight_shape": (list,),
+                "out_features": _INT, "in_features": _INT, "kernel": (list,), "rows": _INT,
+                "in_spatial": (list,) + _NONE, "out_spatial": (list,) + _NONE, "has_bias": (bool,),
+                "params": _INT, "macs": _INT + _NONE, "attrs": (dict,), "skip": _STR + _NONE}
+
+
+def check_types(d, types: dict[str, tuple[type, ...]], what: str) -> None:
+    """TypeError unless ``d`` is a dict whose known keys hold values of the listed types (JSON from disk)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{what} is {type(d).__name__}, expected an object")
+    for key, allowed in types.items():
+        if key in d and (not isinstance(d[key], allowed) or (bool not in allowed and isinstance(d[key], bool))):
+            raise TypeError(f"{what}: {key} is {d[key]!r}, expected {' or '.join(t.__name__ for t in allowed)}")
 
 
 @dataclass
@@ -66,21 +88,22 @@ class Plan:
             "layers": [lp.to_json() for lp in self.layers],
         }
 
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+
     def save(self, path: str | Path) -> Path:
-        return write_bytes_atomic(path, (json.dumps(self.to_json(), indent=1) + "\n").encode())
+        return write_bytes_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        try:
-            data = json.loads(Path(path).read_text())
+        def parse(data) -> Plan:
+            check_types(data, {"model": _STR, "model_sha256": _STR, "settings": (dict,), "layers": (list,)}, "plan")
             if data.get("version") != PLAN_VERSION:
                 raise ValueError(f"plan version {data.get('version')!r}, expected {PLAN_VERSION}")
             return cls(data["model"], data["model_sha256"], data["settings"],
                        [LayerPlan.from_json(d) for d in data["layers"]])
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such plan file") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: not a valid ttcompile plan ({exc})") from exc
+
+        return load_json(path, "plan", parse)
 
     def totals(self) -> dict:
         """Compressible-layer params/MACs before and after (dense and skipped layers count as is)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,6 +33,7 @@ from ttcompile.plan import Plan
 from ttcompile.train.finetune import History, finetune
 from ttcompile.train.hooks import TrainHook
 from ttcompile.train.lowrank import CoreSpace, export_cores, plan_for_cores
+from ttcompile.verify import check_model
 
 METHODS = ("none", "l0", "admm")
 
@@ -119,10 +119,10 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
     return Outcome(model, plan, results, histories)
 
 
-def train_to_file(args: argparse.Namespace, model: ir.Model, plan: Plan, out: Path):
-    """``compress --train``: train as the options say, check and write OUT and its plan (with the emitted
-    ranks); returns (plan, rewrite results, model) like ``cmd_compress.compress_model``."""
-    from ttcompile.cmd_compress import check_some_compressed, save_checked
+def train_compressed(args: argparse.Namespace, model: ir.Model, plan: Plan):
+    """``compress --train``: train as the options say and check the result; returns (plan with the emitted
+    ranks, rewrite results, model) like ``cmd_compress.compress_model``. Writes nothing."""
+    from ttcompile.cmd_compress import check_some_compressed, check_some_rewritten
     from ttcompile.models.data import load_dataset
 
     check_some_compressed(plan)
@@ -136,7 +136,8 @@ def train_to_file(args: argparse.Namespace, model: ir.Model, plan: Plan, out: Pa
                                  load_dataset(args.val) if args.val else None, settings,
                                  log=lambda line: print(line, flush=True), progress=not args.quiet,
                                  epoch_hooks=[EpochPrinter()])
-    save_checked(outcome.model, outcome.plan, out)
+    check_some_rewritten(outcome.plan, outcome.results)
+    check_model(outcome.model)
     return outcome.plan, outcome.results, outcome.model
 
 

@@ -34,12 +34,33 @@ def provider_name(provider: str) -> str:
     return name
 
 
-def make_session(model, provider: str = "cpu", threads: int | None = None):
-    """Create an InferenceSession for a path or serialized bytes on one provider."""
+def ort_errors() -> tuple[type[Exception], ...]:
+    """The exception classes onnxruntime raises when it refuses a model or a run."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values()
+                 if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def make_session(model, provider: str = "cpu", threads: int | None = None, name: str | None = None):
+    """Create an InferenceSession for a path or serialized bytes on one provider.
+
+    When onnxruntime refuses the model, a UserError names it (``name``, else the path) and says why.
+    """
     ort = require_onnxruntime()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model, sess_options=opts, providers=[provider_name(provider)])
+    providers = [provider_name(provider)]
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=providers)
+    except (*ort_errors(), RuntimeError) as exc:
+        label = name or (str(model) if isinstance(model, str) else "the model")
+        raise UserError(f"{label}: onnxruntime ({providers[0]}) cannot run it: {first_line(exc)}") from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+
 import onnx
 
 from ttcompile.errors import UserError
@@ -83,7 +86,10 @@ def runtime_symbolic_shapes(fixed: onnx.ModelProto) -> dict[str, tuple[int, ...]
     except ImportError:
         return {}
     try:
-        inferred = SymbolicShapeInference.infer_shapes(fixed)
+        # it may save the model (and a <uuid>.data with every weight) into the current folder: keep
+        # that out of the user's folder, and gone afterwards
+        with tempfile.TemporaryDirectory(prefix="ttcompile-shapes-") as tmp, contextlib.chdir(tmp):
+            inferred = SymbolicShapeInference.infer_shapes(fixed)
     except Exception:  # it raises bare Exceptions on graphs it cannot handle
         return {}
     if inferred is None:
@@ -105,6 +111,9 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
             if not sep or not name:
                 raise ValueError
             out[name] = tuple(int(v) for v in dims.lower().split("x"))
+            if min(out[name]) < 1:
+                raise ValueError
         except ValueError:
-            raise UserError(f"--input-shape {spec!r}: expected NAME=DxDx...D, e.g. input=1x3x32x32") from None
+            raise UserError(f"--input-shape {spec!r}: expected NAME=DxDx...D with positive integers D, "
+                            "e.g. input=1x3x32x32") from None
     return out

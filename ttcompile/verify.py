@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from math import prod
+
 import numpy as np
 import onnx
 
 from ttcompile.errors import UserError
 from ttcompile.feeds import split_feeds
-from ttcompile.runtime import make_session
+from ttcompile.runtime import first_line, make_session, ort_errors
 from ttcompile.shapes import fix_input_dims
 
+MAX_INPUT_BYTES = 1 << 30  # random comparison inputs, per graph input
 _NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
              onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
 
@@ -40,30 +43,48 @@ def random_inputs(
         dtype = _NP_TYPES.get(tt.elem_type)
         if dtype is None:
             raise UserError(f"input {inp.name!r} has an element type random inputs cannot fill; pass --data")
+        size = prod(shape) * np.dtype(dtype).itemsize
+        if size > MAX_INPUT_BYTES:
+            raise UserError(f"input {inp.name!r} of shape {'x'.join(map(str, shape))} would take {size / 2**30:.3g} "
+                            f"GiB (limit {MAX_INPUT_BYTES / 2**30:g} GiB); give a smaller shape with --input-shape")
         feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
 
 
-def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], provider: str = "cpu") -> dict[str, np.ndarray]:
-    """Run one session (created and released here, so sessions never overlap)."""
-    (out,) = run_split(proto, [feeds], provider)
+def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], provider: str = "cpu",
+        name: str = "the model") -> dict[str, np.ndarray]:
+    """Run one session (created and released here, so sessions never overlap); ORT refusing the
+    model or the inputs is a UserError naming ``name``."""
+    (out,) = run_split(proto, [feeds], provider, name)
     return out
 
 
-def run_split(proto: onnx.ModelProto, feed_list, provider: str = "cpu") -> list[dict[str, np.ndarray]]:
+def run_split(proto: onnx.ModelProto, feed_list, provider: str = "cpu",
+              name: str = "the model") -> list[dict[str, np.ndarray]]:
     """Outputs of one session for each feed dict of ``feed_list`` (e.g. ``feeds.split_feeds``)."""
-    sess = make_session(proto.SerializeToString(), provider)
+    sess = make_session(proto.SerializeToString(), provider, name=name)
     names = [o.name for o in sess.get_outputs()]
-    outs = [dict(zip(names, sess.run(names, feeds))) for feeds in feed_list]
+    try:
+        outs = [dict(zip(names, sess.run(names, feeds))) for feeds in feed_list]
+    except (*ort_errors(), RuntimeError) as exc:
+        raise UserError(f"{name}: onnxruntime cannot run it on the comparison inputs: {first_line(exc)}") from None
     del sess
     return outs
 
 
 def relative_errors(
-    original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict[str, np.ndarray]
+    original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict[str, np.ndarray],
+    names: tuple[str, str] = ("the original model", "the compressed model"),
 ) -> dict[str, float]:
-    """||y - y_ref|| / ||y_ref|| per graph output, over all samples of ``feeds`` (in runs of the model's batch)."""
-    return run_errors(*(run_split(p, split_feeds(original, feeds)) for p in (original, compressed)))
+    """||y - y_ref|| / ||y_ref|| per graph output over all samples of ``feeds``, in runs of the model's
+    batch (not finite when the compressed output is not)."""
+    try:
+        ref, got = [run_split(p, split_feeds(original, feeds), name=n) for p, n in zip((original, compressed), names)]
+    except UserError as exc:
+        raise UserError(f"{exc}; so the output comparison cannot run (nothing written)") from None
+    if not all(np.isfinite(v).all() for r in ref for v in r.values()):
+        raise UserError(f"{names[0]}: its outputs are not finite on the comparison inputs; nothing to compare with")
+    return run_errors(ref, got)
 
 
 def run_errors(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, float]:

@@ -244,6 +244,9 @@ def _train_epoch(module: OnnxModule, hooks: Sequence[TrainHook], optimizer, sche
         for hook in hooks:
             penalty = hook.penalty(module)
             loss = loss if penalty is None else loss + penalty
+        if not torch.isfinite(loss):
+            raise UserError(f"training loss is {loss.item()} in epoch {epoch} (batch at sample {first}): the "
+                            "student, teacher or data has non-finite values, or --lr is too large; nothing written")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]
