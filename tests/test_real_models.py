@@ -2,7 +2,8 @@
 
 Slow: fetches three wheels (~32 MB, SHA-256 pinned) on first use. Each model is compressed at ratio 0.5
 and compared on its realistic inputs, given as an .npz with one array per model input (fixed batch 1
-and silero-vad's state included).
+and silero-vad's state included). Exit 0, or exit 3 with one line when the verification gate refuses
+an output too far from the original (ratio 0.5 without fine-tuning can be); never a traceback.
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ def test_inspect_and_compress_every_format(name, tmp_path, capsys):
         rc = main(["compress", str(model.path()), "--format", fmt, "--ratio", "0.5", "--quiet", "--data", str(data),
                    "-o", str(tmp_path / f"{fmt}.onnx"), *shapes])
         captured = capsys.readouterr()
-        assert rc == 0, (fmt, captured.err[-500:])
         errors = [float(v) for v in re.findall(r"relative error (\S+) vs original", captured.out)]
         assert errors and all(math.isfinite(e) for e in errors), fmt
+        if rc == 3:  # the gate refused a rewrite too far off (e.g. silero's state at 17x): one line, no file
+            assert "verification failed" in captured.err and len(captured.err.strip().splitlines()) == 1, fmt
+            assert not (tmp_path / f"{fmt}.onnx").exists(), fmt
+            continue
+        assert rc == 0, (fmt, captured.err[-500:])
         assert (tmp_path / f"{fmt}.onnx").stat().st_size < model.path().stat().st_size, fmt
 
 
