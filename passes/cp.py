@@ -40,6 +40,10 @@ ALS_WORK = 4e9
 ALS_SWEEPS = (20, 500)
 ALS_TOL = 1e-8  # stop when the relative error changes by less than this between sweeps
 ALS_RIDGE = 1e-8  # ridge, relative to the mean diagonal of each normal-equation matrix
+# float16 layers: a larger ridge keeps the components from cancelling (at the rank cap, the 1e-8 ridge gives
+# factors whose float16 rounding costs 9-26x the rounding of the dense kernel; 1e-5 costs 4x, measured on
+# LeNet-5's convs, for a decomposition error (1e-4) still below float16's precision)
+ALS_RIDGE_FP16 = 1e-5
 ALS_SEED = 0
 
 
@@ -86,7 +90,7 @@ def balance(factors: list[np.ndarray]) -> list[np.ndarray]:
     return [f * s for f, s in zip(factors, scale)]
 
 
-def cp_als(tensor: np.ndarray, rank: int) -> list[np.ndarray]:
+def cp_als(tensor: np.ndarray, rank: int, ridge: float = ALS_RIDGE) -> list[np.ndarray]:
     """Rank-``rank`` CP factors ``(I_n, R)`` of ``tensor`` by ridge-regularised ALS, balanced.
 
     Modes of size 1 (e.g. C = 1) are left out of the ALS, which they would only slow down, and get
@@ -95,7 +99,7 @@ def cp_als(tensor: np.ndarray, rank: int) -> list[np.ndarray]:
     tensor = np.asarray(tensor, dtype=np.float64)
     if np.sum(tensor**2) == 0:
         return [np.zeros((size, rank)) for size in tensor.shape]
-    factors = iter(_als(tensor.reshape([n for n in tensor.shape if n > 1]), rank))
+    factors = iter(_als(tensor.reshape([n for n in tensor.shape if n > 1]), rank, ridge))
     return balance([next(factors) if n > 1 else np.ones((1, rank)) for n in tensor.shape])
 
 
@@ -105,16 +109,16 @@ def _relative_error(tensor: np.ndarray, norm2: float, factors: list[np.ndarray],
     return float(np.sqrt(max(norm2 - 2 * np.sum(m_last * factors[-1]) + squared, 0.0) / norm2))
 
 
-def _sweep(tensor: np.ndarray, norm2: float, factors: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+def _sweep(tensor: np.ndarray, norm2: float, factors: list[np.ndarray], ridge: float = ALS_RIDGE
+           ) -> tuple[list[np.ndarray], float]:
     """One ALS sweep (each factor solves its ridge-regularised normal equations); new factors, error."""
     factors = list(factors)
     rank = factors[0].shape[1]
     grams = [f.T @ f for f in factors]
     for n in range(tensor.ndim):
         gram = reduce(np.multiply, [g for m, g in enumerate(grams) if m != n])
-        ridge = ALS_RIDGE * max(np.trace(gram) / rank, 1e-300)
         m_n = mttkrp(tensor, factors, n)
-        factors[n] = np.linalg.solve(gram + ridge * np.eye(rank), m_n.T).T
+        factors[n] = np.linalg.solve(gram + ridge * max(np.trace(gram) / rank, 1e-300) * np.eye(rank), m_n.T).T
         grams[n] = factors[n].T @ factors[n]
     return factors, _relative_error(tensor, norm2, factors, m_n)
 
@@ -124,16 +128,16 @@ def als_sweeps(shape: tuple[int, ...], rank: int) -> int:
     return int(np.clip(ALS_WORK // (prod(shape) * rank), *ALS_SWEEPS))
 
 
-def _als(tensor: np.ndarray, rank: int) -> list[np.ndarray]:
+def _als(tensor: np.ndarray, rank: int, ridge: float = ALS_RIDGE) -> list[np.ndarray]:
     """Unbalanced ALS factors of a nonzero ``tensor``; see ``cp_als``.
 
     Each sweep is followed by Bro's line search: the step from the previous iterate is extrapolated
     by ``sweep^(1/3)`` and kept when it lowers the error (it shortens ALS's slow "swamps").
     """
     norm2 = float(np.sum(tensor**2))
-    factors, error = _sweep(tensor, norm2, _svd_init(tensor, rank, np.random.default_rng(ALS_SEED)))
+    factors, error = _sweep(tensor, norm2, _svd_init(tensor, rank, np.random.default_rng(ALS_SEED)), ridge)
     for sweep in range(2, als_sweeps(tensor.shape, rank) + 1):
-        new, new_error = _sweep(tensor, norm2, factors)
+        new, new_error = _sweep(tensor, norm2, factors, ridge)
         jump = [f + sweep ** (1 / 3) * (f - old) for f, old in zip(new, factors)]
         jump_error = _relative_error(tensor, norm2, jump, mttkrp(tensor, jump, tensor.ndim - 1))
         if jump_error < new_error:
@@ -215,7 +219,8 @@ class CPFormat(SVDFormat):
         if layer.kind != "conv":
             return super().decompose(weight, layer, modes, ranks)
         self.validate_ranks(layer, modes, ranks)
-        return cp_als(weight, ranks[0])
+        fp16 = layer.attrs.get("precision") == "float16"
+        return cp_als(weight, ranks[0], ALS_RIDGE_FP16 if fp16 else ALS_RIDGE)
 
     def reconstruct(self, cores: list[np.ndarray], layer: Layer, modes: dict) -> np.ndarray:
         if layer.kind != "conv":

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "data set wrap around to its start. Default: seeded random inputs, no accuracy",
     )
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", default="1,32,256", type=_batches, help="comma-separated batch sizes")
+    parser.add_argument("--batch", type=_batches,
+                        help="comma-separated batch sizes (default 1,32,256; a model's fixed batch if it has one)")
     parser.add_argument("--threads", type=threads_int, default=1, help="ORT intra-op threads (0 = ORT default)")
     parser.add_argument(
         "--repeats", type=int_in(1, 1000), default=5, help="interleaved rounds per model (median reported)"
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         args.models,
         data,
         provider=args.provider,
-        batches=args.batch,
+        batches=args.batch or default_batches(args.models),
         threads=args.threads,
         rounds=args.repeats,
         min_time=args.min_time,
@@ -56,6 +57,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(report, args.json)
     return 0
+
+
+def default_batches(models: list[str]) -> list[int]:
+    """1, 32 and 256, or the one fixed batch the models' first input declares (e.g. ``(1, 3, 48, 320)``)."""
+    import onnx
+
+    from ttcompile.feeds import declared_dims
+
+    fixed = set()
+    for path in models:
+        try:
+            dims = next(iter(declared_dims(onnx.load(path, load_external_data=False)).values()), None)
+        except Exception:  # unreadable models are reported by benchmark() itself
+            continue
+        if dims and dims[0] is not None:
+            fixed.add(dims[0])
+    return sorted(fixed) if len(fixed) == 1 else [1, 32, 256]
 
 
 def _batches(text: str) -> list[int]:

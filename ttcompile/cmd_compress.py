@@ -18,11 +18,13 @@ from ttcompile.atomic import write_files_atomic
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.compress import RewriteResult, apply_plan, check_plan_layers
 from ttcompile.errors import UserError
+from ttcompile.feeds import load_named_feeds
 from ttcompile.gate import enforce, floor_for, judge
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import NON_FINITE, find_layers
 from ttcompile.paths import check_output, check_outputs
 from ttcompile.plan import Plan
+from ttcompile.quant import chain_precision, precision_summary
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.verify import check_model, graph_inputs, random_inputs, relative_errors
 
@@ -31,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_arguments(p)
     p.add_argument("-o", "--output", required=True, help="compressed model to write (its plan goes beside it)")
     p.add_argument("--plan", help="apply this saved plan exactly instead of planning")
-    p.add_argument("--data", help="inputs for the output comparison: .npz with x, mnist[:split] or digits")
+    p.add_argument("--data", help="inputs for the output comparison: .npz with x (or one array per model input, "
+                   "by name), mnist[:split] or digits")
     p.add_argument("--samples", type=batch_int, default=64, help="how many inputs to compare on (default 64)")
     p.add_argument("--max-error", type=positive_float, metavar="E",
                    help="fail (exit 3, nothing written) when the relative output error exceeds E "
@@ -70,6 +73,9 @@ def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
         return random_inputs(original, batch=min(args.samples, 8), input_shapes=parse_input_shapes(args.input_shape))
     from ttcompile.models.data import load_dataset
 
+    named = load_named_feeds(args.data, original)
+    if named is not None:
+        return named
     inputs = graph_inputs(original)
     if len(inputs) != 1:
         raise UserError(f"--data feeds one input, the model has {len(inputs)}")
@@ -156,5 +162,9 @@ def run(args: argparse.Namespace) -> int:
     limit = "finite" if verdict.limit is None else f"<= {verdict.limit:.2e}"
     print(f"verification passed: output error {verdict.measured:.3e}, allowed {limit} ({verdict.basis})")
     save_pair(proto, plan, args.output)
-    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")
+    rewritten = [lp.layer for lp in plan.layers if lp.action == "compress"]
+    print(f"rewritten layers' weights were {precision_summary(rewritten)}; their chains are "
+          f"{chain_precision(proto, [layer.name for layer in rewritten])}")
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB, input "
+          f"{Path(args.model).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")
     return 0

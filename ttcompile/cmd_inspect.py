@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table, print_json
+from ttcompile.quant import precision_summary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,5 +21,6 @@ def run(args: argparse.Namespace) -> int:
         s = plan.settings
         how = f"rank {s['rank']}" if s["rank"] else f"ratio {s['ratio']}"
         print(f"{args.model}: {len(plan.layers)} candidate layers; plan with format {s['format']} at {how}")
+        print(f"weights: {precision_summary(lp.layer for lp in plan.layers)}")
         print(plan_table(plan))
     return 0

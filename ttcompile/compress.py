@@ -11,9 +11,10 @@ from tqdm import tqdm
 
 from ttcompile.errors import UserError
 from ttcompile.graph import const_array
-from ttcompile.layers import Layer, dense_weight, find_node
+from ttcompile.layers import Layer, dense_weight, find_node, layer_io
 from ttcompile.passes.base import ChainBuilder, fc_input, fc_output, get_format
 from ttcompile.plan import LayerPlan, Plan
+from ttcompile.quant import chain_dtype, chain_input, constant_shape
 
 
 @dataclass
@@ -27,7 +28,7 @@ class RewriteResult:
 def _add_bias(b: ChainBuilder, y: ir.Value, node: ir.Node, layer: Layer, bias: np.ndarray | None) -> ir.Value:
     """Bias on the last node: a vector (Gemm C/beta folded), Gemm's general C re-added as is, or a Conv
     bias that is not a constant (a graph input, a computed value) reshaped to ``(O, 1, ..)`` and added."""
-    c = node.inputs[2] if layer.kind in ("gemm", "conv") and len(node.inputs) > 2 else None
+    c = node.inputs[2] if node.op_type in ("Gemm", "Conv") and len(node.inputs) > 2 else None  # not a zero point
     conv_shape = (layer.out_features,) + (1,) * len(layer.kernel)
     if bias is not None:
         shape = conv_shape if layer.kind == "conv" else (layer.out_features,)
@@ -50,21 +51,21 @@ def rewrite_layer(model: ir.Model, lp: LayerPlan, cores: list[np.ndarray] | None
     ``cores`` (e.g. trained ones) are emitted as given; by default they are decomposed from the weight.
     """
     layer, fmt = lp.layer, get_format(lp.format)
-    node = find_node(model, layer.name)
+    node, old_nodes, x, y_old = layer_io(model, layer)
     weight, bias = dense_weight(model, layer)
     if not np.isfinite(weight).all() or (bias is not None and not np.isfinite(bias).all()):
         raise UserError(f"layer {layer.name!r}: weight or bias has NaN or infinite values")
     if cores is None:
         cores = fmt.decompose(weight, layer, lp.modes, lp.ranks)
     error = float(np.linalg.norm(fmt.reconstruct(cores, layer, lp.modes) - weight) / max(np.linalg.norm(weight), 1e-30))
-    b = ChainBuilder(model.graph, node.name, dtype=node.inputs[1].const_value.numpy().dtype)
-    x = node.inputs[0]
+    b = ChainBuilder(model.graph, node.name, dtype=chain_dtype(node))
+    x = chain_input(b, x)
     if layer.kind == "conv":
         y = fmt.emit(b, x, cores, layer, lp.modes, lp.options)
     else:
         y = fc_output(b, fmt.emit(b, fc_input(b, x, layer), cores, layer, lp.modes, lp.options), x, layer)
     y = _add_bias(b, y, node, layer, bias)
-    ir.convenience.replace_nodes_and_values(model.graph, node, [node], b.nodes, [node.outputs[0]], [y])
+    ir.convenience.replace_nodes_and_values(model.graph, node, old_nodes, b.nodes, [y_old], [y])
     return error
 
 
@@ -142,7 +143,8 @@ def check_plan_matches(model: ir.Model, plan: Plan) -> None:
             node = find_node(model, lp.layer.name)
         except KeyError:
             raise UserError(f"plan layer {lp.layer.name!r} is not a node of this model") from None
-        shape = tuple(node.inputs[1].shape or ()) if len(node.inputs) > 1 and node.inputs[1] is not None else ()
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        shape = constant_shape(weight) or tuple(weight.shape or ()) if weight is not None else ()
         if node.op_type != lp.layer.op_type or shape != tuple(lp.layer.weight_shape):
             raise UserError(
                 f"plan layer {lp.layer.name!r} is {lp.layer.op_type} {lp.layer.weight_shape}, "

@@ -14,12 +14,14 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import UserError
 from ttcompile.external import check_external_data
+from ttcompile.normalize import fold_constant_identities
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Read, check and normalise an ONNX model.
 
-    Constants are lifted to initializers (so weights are always initializers) and
+    Constants are lifted to initializers (so weights are always initializers), Identity copies of
+    initializers are folded (``ttcompile.normalize``), and
     every node and value gets a unique name. External data next to the file is loaded.
     """
     path = Path(path)
@@ -51,6 +53,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise UserError(f"{path}: invalid ONNX model: {first}") from exc
     model = ir.from_proto(proto)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    fold_constant_identities(model)
     NameFixPass()(model)
     return model
 

@@ -1,5 +1,8 @@
 """Discovery of compressible layers: Gemm, MatMul with a constant weight, Conv 1-D/2-D.
 
+Constant weights include quantized ones (``ttcompile.quant``): a QDQ weight (``DequantizeLinear`` of
+constants) and the integer ops of ORT's dynamic quantization (MatMulInteger, ConvInteger).
+
 Every layer is described in a canonical form that the rewrite passes share:
 
 * fully connected (``gemm``/``matmul``): weight ``W`` of shape ``(out, in)`` with
@@ -15,7 +18,15 @@ from math import prod
 import numpy as np
 import onnx_ir as ir
 
-from ttcompile.graph import const_array, to_proto
+from ttcompile.graph import to_proto
+from ttcompile.quant import (
+    INTEGER_OPS,
+    DynamicPattern,
+    constant_array,
+    constant_shape,
+    dynamic_pattern,
+    weight_precision,
+)
 from ttcompile.shapes import static_shapes
 
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE}
@@ -43,6 +54,12 @@ class Layer:
     attrs: dict = field(default_factory=dict)
     skip: str | None = None  # why the layer cannot be compressed
 
+    def __post_init__(self):
+        # shapes may come from onnx-ir with symbolic dims (dynamo exports): keep them JSON-safe
+        for key in ("weight_shape", "kernel", "in_spatial", "out_spatial"):
+            if getattr(self, key) is not None:
+                setattr(self, key, json_dims(getattr(self, key)))
+
     @property
     def compressible(self) -> bool:
         return self.skip is None
@@ -64,19 +81,32 @@ class Layer:
         return cls(**data)
 
 
+def json_dims(dims) -> tuple[int | str, ...]:
+    """Dims as ints, a symbolic dim as its name (``"?"`` when it has none)."""
+    out = []
+    for d in dims:
+        if isinstance(d, (int, np.integer)):
+            out.append(int(d))
+        else:
+            value = getattr(d, "value", d)
+            out.append(int(value) if isinstance(value, (int, np.integer)) else str(value or "?"))
+    return tuple(out)
+
+
 def _attr(node: ir.Node, name: str, default):
     a = node.attributes.get(name)
     return default if a is None else a.value
 
 
 def _weight_problem(value: ir.Value) -> str | None:
-    if value.const_value is None:
+    if value.const_value is None and constant_array(value) is None:
         return "weight is not a constant initializer"
     if value.is_graph_input():
         return "weight is also a graph input (it may be overridden at run time)"
-    if value.dtype not in FLOAT_TYPES:
+    integer_op = any(use.node.op_type in INTEGER_OPS for use in value.uses())
+    if value.const_value is not None and value.dtype not in FLOAT_TYPES and not integer_op:
         return f"weight dtype {value.dtype.name} is not floating point"
-    if not np.isfinite(value.const_value.numpy()).all():
+    if not np.isfinite(constant_array(value)).all():  # a QDQ weight: its dequantized values
         return f"weight {value.name} {NON_FINITE}"
     users = {use.node.name for use in value.uses()}
     if len(users) > 1:
@@ -90,11 +120,12 @@ def _gemm(node: ir.Node, shapes: dict) -> Layer:
     trans_a, trans_b = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
     alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
     attrs = {"transA": trans_a, "transB": trans_b, "alpha": alpha, "beta": beta}
-    layer = Layer(node.name, "gemm", "Gemm", b.name, tuple(b.shape or ()), 0, 0, attrs=attrs)
-    if b.const_value is None:
+    b_shape = constant_shape(b)
+    layer = Layer(node.name, "gemm", "Gemm", b.name, b_shape or tuple(b.shape or ()), 0, 0, attrs=attrs)
+    if b_shape is None:
         layer.skip = "weight is input A, not B" if a.const_value is not None else "no constant weight"
         return layer
-    k, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    k, n = (b_shape[1], b_shape[0]) if trans_b else (b_shape[0], b_shape[1])
     layer.out_features, layer.in_features = int(n), int(k)
     layer.has_bias = c is not None
     layer.attrs["bias_vector"] = c is None or _is_bias_vector(c, int(n))
@@ -108,22 +139,24 @@ def _gemm(node: ir.Node, shapes: dict) -> Layer:
 
 def _is_bias_vector(c: ir.Value, n: int) -> bool:
     """True when Gemm's C is a constant broadcastable along the output features only."""
-    if c.const_value is None or c.shape is None:
+    shape = constant_shape(c)
+    if shape is None:
         return False
-    dims = [int(d) for d in c.shape]
+    dims = list(shape)
     return prod(dims) in (1, n) and (not dims or dims[-1] in (1, n)) and all(d == 1 for d in dims[:-1])
 
 
 def _matmul(node: ir.Node, shapes: dict) -> Layer:
     a, b = node.inputs[0], node.inputs[1]
-    layer = Layer(node.name, "matmul", "MatMul", b.name, tuple(b.shape or ()), 0, 0)
-    if b.const_value is None:
+    b_shape = constant_shape(b)
+    layer = Layer(node.name, "matmul", node.op_type, b.name, b_shape or tuple(b.shape or ()), 0, 0)
+    if b_shape is None:
         layer.skip = "weight is the first input" if a.const_value is not None else "no constant weight"
         return layer
-    if len(b.shape) != 2:
-        layer.skip = f"weight has rank {len(b.shape)}, only 2-D weights are rewritten"
+    if len(b_shape) != 2:
+        layer.skip = f"weight has rank {len(b_shape)}, only 2-D weights are rewritten"
         return layer
-    k, n = int(b.shape[0]), int(b.shape[1])
+    k, n = int(b_shape[0]), int(b_shape[1])
     layer.out_features, layer.in_features = n, k
     a_shape = shapes.get(a.name)
     layer.attrs["input_rank"] = len(a_shape) if a_shape is not None else None
@@ -136,8 +169,8 @@ def _matmul(node: ir.Node, shapes: dict) -> Layer:
 
 def _conv(node: ir.Node, shapes: dict) -> Layer:
     x, w = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    w_shape = tuple(int(d) for d in (w.shape or ()))
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.op_type == "Conv" else None  # ConvInteger: zero point
+    w_shape = constant_shape(w) or tuple(int(d) for d in (w.shape or ()))
     nd = len(w_shape) - 2
     attrs = {
         "strides": list(_attr(node, "strides", [1] * nd)),
@@ -146,8 +179,8 @@ def _conv(node: ir.Node, shapes: dict) -> Layer:
         "auto_pad": str(_attr(node, "auto_pad", "NOTSET")),
         "group": int(_attr(node, "group", 1)),
     }
-    layer = Layer(node.name, "conv", "Conv", w.name, w_shape, 0, 0, attrs=attrs)
-    if w.const_value is None:
+    layer = Layer(node.name, "conv", node.op_type, w.name, w_shape, 0, 0, attrs=attrs)
+    if constant_shape(w) is None:
         layer.skip = "no constant weight"
         return layer
     o, c_per_group = w_shape[0], w_shape[1]
@@ -167,7 +200,16 @@ def _conv(node: ir.Node, shapes: dict) -> Layer:
     return layer
 
 
-_FINDERS = {"Gemm": _gemm, "MatMul": _matmul, "Conv": _conv}
+def _integer(node: ir.Node, shapes: dict) -> Layer:
+    """MatMulInteger / ConvInteger of ORT's dynamic quantization, found as a matmul / conv layer."""
+    layer = (_matmul if node.op_type == "MatMulInteger" else _conv)(node, shapes)
+    pattern = dynamic_pattern(node)
+    if isinstance(pattern, str) and layer.skip is None:
+        layer.skip = pattern
+    return layer
+
+
+_FINDERS = {"Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "MatMulInteger": _integer, "ConvInteger": _integer}
 
 
 def find_layers(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[Layer]:
@@ -180,6 +222,7 @@ def find_layers(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None
     for node in model.graph:
         if node.domain in ("", "ai.onnx") and node.op_type in _FINDERS:
             layers.append(_FINDERS[node.op_type](node, shapes))
+            layers[-1].attrs["precision"] = weight_precision(node)
     return layers
 
 
@@ -190,9 +233,11 @@ def dense_weight(model: ir.Model, layer: Layer) -> tuple[np.ndarray, np.ndarray 
     (a non-vector C is re-added by the rewrite, see ``passes.base.finish_fc``).
     """
     node = find_node(model, layer.name)
-    w = const_array(node.inputs[1]).astype(np.float64)
-    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
-    bias = const_array(bias_value)
+    if node.op_type in INTEGER_OPS:
+        w, bias = dynamic_pattern(node).weight, None
+    else:
+        w = constant_array(node.inputs[1]).astype(np.float64)
+        bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
     if layer.kind == "gemm":
         w = (w if layer.attrs["transB"] else w.T) * layer.attrs["alpha"]
         if bias is not None and layer.attrs["bias_vector"]:
@@ -202,6 +247,16 @@ def dense_weight(model: ir.Model, layer: Layer) -> tuple[np.ndarray, np.ndarray 
     elif layer.kind == "matmul":
         w = w.T
     return w, None if bias is None else np.asarray(bias, dtype=np.float64)
+
+
+def layer_io(model: ir.Model, layer: Layer) -> tuple[ir.Node, list[ir.Node], ir.Value | tuple, ir.Value]:
+    """``(node, nodes a rewrite replaces, chain input, value the chain's output replaces)``; the chain input
+    of a dynamically quantized layer is its ``(xq, x_scale, x_zp)`` (see ``quant.chain_input``)."""
+    node = find_node(model, layer.name)
+    if node.op_type in INTEGER_OPS:
+        pattern: DynamicPattern = dynamic_pattern(node)
+        return node, pattern.nodes, pattern.x, pattern.y
+    return node, [node], node.inputs[0], node.outputs[0]
 
 
 def find_node(model: ir.Model, name: str) -> ir.Node:

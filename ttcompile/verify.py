@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from ttcompile.errors import UserError
+from ttcompile.feeds import split_feeds
 from ttcompile.runtime import first_line, make_session, ort_errors
 from ttcompile.shapes import fix_input_dims
 
@@ -54,28 +55,45 @@ def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], provider: str = "c
         name: str = "the model") -> dict[str, np.ndarray]:
     """Run one session (created and released here, so sessions never overlap); ORT refusing the
     model or the inputs is a UserError naming ``name``."""
+    (out,) = run_split(proto, [feeds], provider, name)
+    return out
+
+
+def run_split(proto: onnx.ModelProto, feed_list, provider: str = "cpu",
+              name: str = "the model") -> list[dict[str, np.ndarray]]:
+    """Outputs of one session for each feed dict of ``feed_list`` (e.g. ``feeds.split_feeds``)."""
     sess = make_session(proto.SerializeToString(), provider, name=name)
     names = [o.name for o in sess.get_outputs()]
     try:
-        out = dict(zip(names, sess.run(names, feeds)))
+        outs = [dict(zip(names, sess.run(names, feeds))) for feeds in feed_list]
     except (*ort_errors(), RuntimeError) as exc:
         raise UserError(f"{name}: onnxruntime cannot run it on the comparison inputs: {first_line(exc)}") from None
     del sess
-    return out
+    return outs
 
 
 def relative_errors(
     original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict[str, np.ndarray],
     names: tuple[str, str] = ("the original model", "the compressed model"),
 ) -> dict[str, float]:
-    """||y - y_ref|| / ||y_ref|| per graph output (not finite when the compressed output is not)."""
+    """||y - y_ref|| / ||y_ref|| per graph output over all samples of ``feeds``, in runs of the model's
+    batch (not finite when the compressed output is not)."""
     try:
-        ref, got = run(original, feeds, name=names[0]), run(compressed, feeds, name=names[1])
+        ref, got = [run_split(p, split_feeds(original, feeds), name=n) for p, n in zip((original, compressed), names)]
     except UserError as exc:
         raise UserError(f"{exc}; so the output comparison cannot run (nothing written)") from None
-    if not all(np.isfinite(v).all() for v in ref.values()):
+    if not all(np.isfinite(v).all() for r in ref for v in r.values()):
         raise UserError(f"{names[0]}: its outputs are not finite on the comparison inputs; nothing to compare with")
-    return {
-        name: float(np.linalg.norm(got[name].astype(np.float64) - y) / max(np.linalg.norm(y), 1e-30))
-        for name, y in ((n, v.astype(np.float64)) for n, v in ref.items())
-    }
+    return run_errors(ref, got)
+
+
+def run_errors(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Relative error per output name over matching lists of runs (``run_split`` results)."""
+    diff: dict[str, float] = {}
+    norm: dict[str, float] = {}
+    for r, g in zip(ref, got):
+        for name, y in r.items():
+            y = y.astype(np.float64)
+            diff[name] = diff.get(name, 0.0) + float(np.sum((g[name].astype(np.float64) - y) ** 2))
+            norm[name] = norm.get(name, 0.0) + float(np.sum(y ** 2))
+    return {name: float(np.sqrt(diff[name]) / max(np.sqrt(norm[name]), 1e-30)) for name in diff}
