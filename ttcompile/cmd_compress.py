@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from ttcompile import calibrated
 from ttcompile.allocators import add_budget_arguments, describe
 from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.compress import apply_plan
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=64, help="how many inputs to compare on (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_arguments(p)
+    calibrated.add_arguments(p)
     add_training_arguments(p)
 
 
@@ -53,15 +55,18 @@ def plan_path(output: str | Path) -> Path:
     return Path(output).with_suffix(".plan.json")
 
 
-def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
-    if not args.data:
-        return random_inputs(original, batch=min(args.samples, 8), input_shapes=parse_input_shapes(args.input_shape))
-    from ttcompile.models.data import load_dataset
+def _comparison_source(args) -> str | None:
+    return args.data or getattr(args, "calib", None)
 
+
+def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
+    spec = _comparison_source(args)
+    if not spec:
+        return random_inputs(original, batch=min(args.samples, 8), input_shapes=parse_input_shapes(args.input_shape))
     inputs = graph_inputs(original)
     if len(inputs) != 1:
         raise UserError(f"--data feeds one input, the model has {len(inputs)}")
-    return {inputs[0].name: load_dataset(args.data).x[: args.samples]}
+    return {inputs[0].name: calibrated.calibration_inputs(spec, original, args.samples)}
 
 
 def compress_model(args: argparse.Namespace):
@@ -79,7 +84,8 @@ def compress_model(args: argparse.Namespace):
         return train_to_file(args, model, plan, out)
     if args.rank_select:
         raise UserError("--rank-select needs training data (--train)")
-    results, proto = compress_to_file(model, plan, out, progress=not args.quiet)
+    model, cores, transform = calibrated.prepare(args, model, plan)
+    results, proto = compress_to_file(model, plan, out, progress=not args.quiet, cores=cores, transform=transform)
     return plan, results, proto
 
 
@@ -96,11 +102,15 @@ def save_checked(proto: onnx.ModelProto, plan: Plan, out: Path) -> None:
     plan.save(plan_path(out))
 
 
-def compress_to_file(model: ir.Model, plan: Plan, out: Path, progress: bool = True):
-    """Apply ``plan`` to ``model``, check it, write OUT and OUT's plan atomically."""
+def compress_to_file(model: ir.Model, plan: Plan, out: Path, progress: bool = True, cores: dict | None = None,
+                     transform=None):
+    """Apply ``plan`` to ``model`` (emitting ``cores`` where given), optionally ``transform`` the compressed
+    proto (e.g. distillation), check it, write OUT and OUT's plan atomically."""
     check_some_compressed(plan)
-    results = apply_plan(model, plan, progress=progress)
+    results = apply_plan(model, plan, progress=progress, cores=cores)
     proto = to_proto(model)
+    if transform is not None:
+        proto = transform(proto)
     save_checked(proto, plan, out)
     return results, proto
 
@@ -111,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
     print(plan_table(plan))
     if "allocator" in plan.settings:
         print(describe(plan))
+    if "calibration" in plan.settings:
+        print(calibrated.records_table(plan))
     for r in results:
         if not r.rewritten:
             print(f"skipped {r.name}: {r.reason}")
     errors = relative_errors(original, proto, _comparison_inputs(args, original))
-    source = args.data or "random inputs"
+    source = _comparison_source(args) or "random inputs"
     for name, err in errors.items():
         print(f"output {name}: relative error {err:.3e} vs original on {source}")
     print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")

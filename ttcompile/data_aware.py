@@ -95,20 +95,29 @@ def refine(fmt: Format, layer: Layer, modes: dict, cores: list[np.ndarray], bias
     before = output_error(fmt, layer, modes, cores, bias, objective)
     if steps <= 0:
         return cores, bias, before, before
-    params = [torch.tensor(np.asarray(c, dtype=np.float64), requires_grad=True) for c in cores]
-    b = torch.tensor(bias, requires_grad=fit_bias)
-    opt = torch.optim.LBFGS(params + ([b] if fit_bias else []), lr=1.0, max_iter=steps, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
+    shapes = [np.shape(c) for c in cores] + [np.shape(bias)]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    flat = torch.tensor(np.concatenate([np.ravel(c) for c in cores] + [np.ravel(bias)]), requires_grad=True)
+    # one flat parameter (L-BFGS needs contiguous gradients); the bias part stays fixed unless fit_bias
+    fixed_bias = torch.tensor(bias)
+
+    def unpack(v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        parts = [p.reshape(sh) for p, sh in zip(torch.split(v, sizes), shapes)]
+        return parts[:-1], parts[-1] if fit_bias else fixed_bias
+
+    opt = torch.optim.LBFGS([flat], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-14)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = objective(_augment(fmt, layer, modes, params, b))
+        loss = objective(_augment(fmt, layer, modes, *unpack(flat)))
         loss.backward()
         return loss
 
     opt.step(closure)
-    new_cores = [p.detach().numpy() for p in params]
-    new_bias = b.detach().numpy().copy()
+    parts, b = unpack(flat.detach())
+    new_cores = [p.numpy().copy() for p in parts]
+    new_bias = b.numpy().copy()
     after = output_error(fmt, layer, modes, new_cores, new_bias, objective)
     if not np.isfinite(after) or after >= before:
         return cores, bias, before, before
