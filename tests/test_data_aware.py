@@ -136,8 +136,9 @@ def test_moments_batch_by_batch_equal_one_shot_with_position_cap(monkeypatch):
     whole = accumulate(model, layers, x, inp, batch=50, progress=False)["conv"]
     rows = layer_rows(x, layers[0], len(x))
     assert small.rows == whole.rows == len(rows) == 50 * 20
-    np.testing.assert_allclose(small.cc, whole.cc, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(whole.cc, rows.T @ rows / len(rows), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(small.cc, whole.cc, rtol=1e-5, atol=1e-6)  # float32 products, float64 sums
+    rows = rows.astype(np.float64)
+    np.testing.assert_allclose(whole.cc, rows.T @ rows / len(rows), rtol=1e-5, atol=1e-6)
 
 
 def test_diagonal_moments_above_the_cap(monkeypatch, tmp_path):
@@ -148,7 +149,7 @@ def test_diagonal_moments_above_the_cap(monkeypatch, tmp_path):
     monkeypatch.setattr(moments_mod, "DIAGONAL_ABOVE", 10)
     diag = accumulate(model, find_layers(model), x, inp, progress=False)["mm"]
     assert diag.diagonal and not dense.diagonal
-    np.testing.assert_allclose(diag.cc, np.diag(dense.cc), rtol=1e-12)
+    np.testing.assert_allclose(diag.cc, np.diag(dense.cc), rtol=1e-5)
     # the data-aware init still runs (diagonal whitening) and does not lose to the weight SVD
     onnx.save(proto, tmp_path / "m.onnx")
     plan = make_plan(find_layers(model), "svd", model_path=tmp_path / "m.onnx", ratio=0.3, force=True)

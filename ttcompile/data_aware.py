@@ -12,9 +12,9 @@ and ``output_error`` reports its square root relative to ``E ||T a_o||^2`` (rela
 Initialisation (``a_c = a_o``, bias kept) reduces it to ``tr(D S D^T)``, ``D = W~ - W``, ``S = E[x x^T]``.
 
 * ``whitened_init``: closed forms. Two-factor layers (svd; tucker/cp on Gemm/MatMul): truncated SVD of
-  ``W L`` with ``S + eps I = L L^T`` (Cholesky), the whitening undone in the input factor
+  ``W L`` with ``S = L L^T`` (eigenvalues floored at a small ridge), the whitening undone in the input factor
   (``V = sqrt(S_r) Q_r^T L^{-1}``), the exact optimum. Tucker-2 / CP convs: the format's decomposition of
-  ``W x_C L_C^T`` with ``L_C`` the Cholesky factor of the input-channel moment
+  ``W x_C L_C^T`` with ``L_C`` the square root of the input-channel moment
   ``S_C[c, c'] = mean_k S[(c, k), (c', k)]``, undone in the input-channel factor (``U_in`` / ``B``).
 * ``refine``: a bounded number of L-BFGS steps on the objective above over the cores (and ``b~``), the
   canonical weight rebuilt from the cores by the format's own ``reconstruct`` on torch tensors. It returns
@@ -35,7 +35,7 @@ from ttcompile.passes.base import Format
 from ttcompile.passes.svd import SVDFormat
 from ttcompile.train.lowrank import reconstruct_torch
 
-RIDGE = 1e-6  # S + RIDGE * mean(diag S) * I before whitening (inputs with dead features)
+RIDGE = 1e-6  # eigenvalues of S floored at RIDGE * mean(diag S) before whitening (dead features)
 INPUT_CHANNEL_FACTOR = {"tucker": 2, "cp": 1}  # conv cores whose first axis is C: U_in (C, R_in), B (C, R)
 
 
@@ -124,13 +124,15 @@ def refine(fmt: Format, layer: Layer, modes: dict, cores: list[np.ndarray], bias
     return new_cores, new_bias, before, after
 
 
-def _cholesky(s: np.ndarray) -> np.ndarray:
-    """Lower ``L`` with ``L L^T = S + eps I`` (``S`` symmetric PSD; a vector: a diagonal)."""
+def _root(s: np.ndarray) -> np.ndarray:
+    """``L`` with ``L L^T = S`` after raising every eigenvalue to at least ``eps = RIDGE * mean(diag S)``
+    (``S`` symmetric, PSD up to rounding; a vector: a diagonal). ``L = V sqrt(lambda)`` from ``eigh``."""
     diag = s if s.ndim == 1 else np.diag(s)
     eps = RIDGE * max(float(np.mean(diag)), 1e-30)
     if s.ndim == 1:
-        return np.diag(np.sqrt(s + eps))
-    return np.linalg.cholesky(s + eps * np.eye(len(s)))
+        return np.diag(np.sqrt(np.maximum(s, eps)))
+    lam, vecs = np.linalg.eigh((s + s.T) / 2)
+    return vecs * np.sqrt(np.maximum(lam, eps))
 
 
 def input_moment(m: Moments) -> np.ndarray:
@@ -148,19 +150,19 @@ def whitened_init(fmt: Format, layer: Layer, modes: dict, ranks: list[int], weig
     """Closed-form data-aware cores (see the module docstring), or None where the format has none."""
     s = input_moment(m)
     if is_two_factor(fmt, layer):
-        chol = _cholesky(s)
-        p, sv, qt = np.linalg.svd(weight.reshape(layer.out_features, -1) @ chol, full_matrices=False)
+        root_s = _root(s)
+        p, sv, qt = np.linalg.svd(weight.reshape(layer.out_features, -1) @ root_s, full_matrices=False)
         r = ranks[0]
         root = np.sqrt(sv[:r])
-        v = np.linalg.solve(chol.T, (root[:, None] * qt[:r]).T).T  # sqrt(S_r) Q_r^T L^{-1}
+        v = np.linalg.solve(root_s.T, (root[:, None] * qt[:r]).T).T  # sqrt(S_r) Q_r^T L^{-1}
         return [p[:, :r] * root, v.reshape(r, layer.in_features, *layer.kernel)]
     if layer.kind == "conv" and fmt.name in INPUT_CHANNEL_FACTOR:
         c, kk = layer.in_features, prod(layer.kernel)
-        s_c = np.diag(s).reshape(c, kk).mean(1) if s.ndim == 1 else np.einsum("akbk->ab", s.reshape(c, kk, c, kk)) / kk
-        chol = _cholesky(s_c)
-        cores = fmt.decompose(np.einsum("ock,cd->odk", weight.reshape(layer.out_features, c, kk), chol)
+        s_c = s.reshape(c, kk).mean(1) if s.ndim == 1 else np.einsum("akbk->ab", s.reshape(c, kk, c, kk)) / kk
+        root_s = _root(s_c)
+        cores = fmt.decompose(np.einsum("ock,cd->odk", weight.reshape(layer.out_features, c, kk), root_s)
                               .reshape(weight.shape), layer, modes, ranks)
         i = INPUT_CHANNEL_FACTOR[fmt.name]
-        cores[i] = np.linalg.solve(chol.T, cores[i])  # L_C^{-T} U: undo the whitening on the C side
+        cores[i] = np.linalg.solve(root_s.T, cores[i])  # L_C^{-T} U: undo the whitening on the C side
         return cores
     return None

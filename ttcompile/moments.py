@@ -28,7 +28,7 @@ from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
 
 DIAGONAL_ABOVE = 8192  # input dims above this keep a diagonal second moment (a dense one would be > 512 MiB)
-ROW_FLOPS = 3e10  # a conv's rows are capped at ROW_FLOPS / n^2 (cost of one moment update pass) ...
+ROW_FLOPS = 2e9  # a conv's rows are capped at ROW_FLOPS / n^2 (cost of one moment update) ...
 MIN_ROWS = 20000  # ... but never below this many
 POSITION_SEED = 0
 
@@ -64,8 +64,8 @@ def _conv_pads(layer: Layer, spatial: tuple[int, ...]) -> list[int]:
     return begin + end
 
 
-def patches(x: np.ndarray, layer: Layer) -> np.ndarray:
-    """Conv input ``(N, C, *S)`` -> patch rows ``(N, L, C * prod(k))``, L output positions in row-major order."""
+def _windows(x: np.ndarray, layer: Layer) -> np.ndarray:
+    """Conv input ``(N, C, *S)`` -> strided view ``(N, C, H', W', kh, kw)`` of its patches (a 1-D conv as H' = 1)."""
     nd = len(layer.kernel)
     if nd == 1:
         x = x[:, :, None, :]
@@ -78,9 +78,18 @@ def patches(x: np.ndarray, layer: Layer) -> np.ndarray:
     x = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
     win = np.lib.stride_tricks.sliding_window_view(x, ((kernel[0] - 1) * dil[0] + 1, (kernel[1] - 1) * dil[1] + 1),
                                                    axis=(2, 3))
-    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]  # (N, C, H', W', kh, kw)
-    n, c, h, w = win.shape[:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n, h * w, c * kernel[0] * kernel[1])
+    return win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]
+
+
+def patches(x: np.ndarray, layer: Layer, keep: np.ndarray | None = None) -> np.ndarray:
+    """Conv input ``(N, C, *S)`` -> patch rows ``(N, L, C * prod(k))`` at the output positions ``keep``
+    (flat row-major indices; None: all L)."""
+    win = _windows(x, layer)
+    n, c, h, w, kh, kw = win.shape
+    if keep is None:
+        return win.transpose(0, 2, 3, 1, 4, 5).reshape(n, h * w, c * kh * kw)
+    sel = win[:, :, keep // w, keep % w]  # (N, C, P, kh, kw), only the kept positions copied
+    return sel.transpose(0, 2, 1, 3, 4).reshape(n, len(keep), c * kh * kw)
 
 
 def positions(layer: Layer, n_positions: int, n_samples: int) -> np.ndarray | None:
@@ -92,16 +101,16 @@ def positions(layer: Layer, n_positions: int, n_samples: int) -> np.ndarray | No
 
 
 def layer_rows(x: np.ndarray, layer: Layer, n_samples: int) -> np.ndarray:
-    """Rows ``(R, n + 1)`` (float64, constant-1 last column) of the layer's input batch ``x``."""
+    """Rows ``(R, n + 1)`` (float32 as ``x``, constant-1 last column) of the layer's input batch ``x``."""
     if layer.kind == "conv":
-        p = patches(x, layer)
-        pos = positions(layer, p.shape[1], n_samples)
-        rows = (p if pos is None else p[:, pos]).reshape(-1, p.shape[-1])
+        h, w = _windows(x[:1], layer).shape[2:4]
+        p = patches(x, layer, positions(layer, h * w, n_samples))
+        rows = p.reshape(-1, p.shape[-1])
     elif layer.kind == "gemm" and layer.attrs.get("transA"):
         rows = x.T
     else:
         rows = x.reshape(-1, layer.in_features)
-    return np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
+    return np.hstack([rows, np.ones((len(rows), 1), dtype=rows.dtype)])
 
 
 @dataclass
@@ -124,7 +133,8 @@ class Moments:
         return self.cc.ndim == 1
 
     def update(self, a_c: np.ndarray, a_o: np.ndarray | None = None) -> None:
-        """Add the rows ``a_c`` (and the matching rows ``a_o`` of the original; None: the same)."""
+        """Add the rows ``a_c`` (and the matching rows ``a_o`` of the original; None: the same). The products
+        run in the rows' dtype (float32 GEMMs for activations), the sums are float64."""
         self.cc += np.einsum("ri,ri->i", a_c, a_c) if self.diagonal else a_c.T @ a_c
         if a_o is not None:
             self.cross = True
