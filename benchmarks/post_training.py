@@ -103,7 +103,7 @@ def run_budget(model_path: Path, budget: float, args, calib_npz: Path, x: np.nda
     states = initial_states(model, plan, moments, data_init=True, progress=False)
     add("data", states, time.perf_counter() - t0)
     t0 = time.perf_counter()
-    recover(model, plan, states, x, inp, progress=False)
+    recover(model, plan, states, x, inp, moments=moments, progress=False)
     recovered = add("data+layer", states, time.perf_counter() - t0)
     if args.epochs > 0:
         s = Settings(epochs=args.epochs, progress=False)

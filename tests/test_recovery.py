@@ -117,3 +117,17 @@ def test_init_without_calib_is_a_user_error(tmp_path, capsys):
     onnx.save(mlp_model(), tmp_path / "mlp.onnx")
     code = main(["compress", str(tmp_path / "mlp.onnx"), "-o", str(tmp_path / "o.onnx"), "--recover", "layer"])
     assert code == 2 and "--recover need calibration data" in capsys.readouterr().err
+
+
+def test_known_original_moments_are_the_cross_pass_oo(tmp_path):
+    """The sequential pass takes E[a_o a_o^T] from the first pass: the same rows, so the same matrix."""
+    proto, model, plan, x, mom = prepared(tmp_path, "tt", 0.2)
+    states = initial_states(model, plan, mom, data_init=True, progress=False)
+    layers = [st.lp.layer for st in states.values()]
+    current = compressed_model(model, plan, states)
+    summed = accumulate(model, layers, x, model_input(proto), compressed=current, progress=False)
+    reused = accumulate(model, layers, x, model_input(proto), compressed=current, progress=False, known=mom)
+    for name, m in summed.items():
+        np.testing.assert_allclose(reused[name].oo, m.oo, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(reused[name].co, m.co, rtol=1e-12)
+    assert not np.allclose(summed["fc"].cc, summed["fc"].oo, rtol=1e-3)  # the compressed upstream differs

@@ -74,8 +74,8 @@ def fit(model: ir.Model, plan: Plan, x: np.ndarray, inp: ModelInput, s: Settings
     t2 = time.perf_counter()
     passes = 1
     if s.recover in ("layer", "model"):
-        passes += recover(model, plan, states, x, inp, s.mode, moments if s.mode == "parallel" else None,
-                          s.recover_steps, s.max_passes, s.batch, s.progress)
+        passes += recover(model, plan, states, x, inp, s.mode, moments, s.recover_steps, s.max_passes, s.batch,
+                          s.progress)
     t3 = time.perf_counter()
     s.times.update(moments_s=t1 - t0, init_s=t2 - t1, recovery_s=t3 - t2)
     plan.settings["calibration"] = {

@@ -132,14 +132,15 @@ class Moments:
     def diagonal(self) -> bool:
         return self.cc.ndim == 1
 
-    def update(self, a_c: np.ndarray, a_o: np.ndarray | None = None) -> None:
+    def update(self, a_c: np.ndarray, a_o: np.ndarray | None = None, oo: bool = True) -> None:
         """Add the rows ``a_c`` (and the matching rows ``a_o`` of the original; None: the same). The products
         run in the rows' dtype (float32 GEMMs for activations), the sums are float64."""
         self.cc += np.einsum("ri,ri->i", a_c, a_c) if self.diagonal else a_c.T @ a_c
         if a_o is not None:
             self.cross = True
             self.co += np.einsum("ri,ri->i", a_c, a_o) if self.diagonal else a_c.T @ a_o
-            self.oo += np.einsum("ri,ri->i", a_o, a_o) if self.diagonal else a_o.T @ a_o
+            if oo:  # skipped when the caller has E[a_o a_o^T] from a pass of the original already
+                self.oo += np.einsum("ri,ri->i", a_o, a_o) if self.diagonal else a_o.T @ a_o
         self.rows += len(a_c)
 
     def mean(self) -> Moments:
@@ -162,9 +163,11 @@ def restrict_outputs(model: ir.Model, values: list[str]) -> bytes:
 
 def accumulate(original: ir.Model, layers: list[Layer], x: np.ndarray, inp: ModelInput,
                compressed: ir.Model | None = None, batch: int = 100, progress: bool = True,
-               desc: str = "moments") -> dict[str, Moments]:
+               desc: str = "moments", known: dict[str, Moments] | None = None) -> dict[str, Moments]:
     """Mean moments of every layer's input on ``x``; with ``compressed``, also the cross moments
-    (``a_c`` read in ``compressed``, ``a_o`` in ``original``, sample by sample). One ORT pass per model."""
+    (``a_c`` read in ``compressed``, ``a_o`` in ``original``, sample by sample). One ORT pass per model.
+    ``known``: the original's moments on the same ``x`` (a plain ``accumulate``); their ``cc`` is ``oo``
+    exactly (same rows), so it is taken from there instead of being summed again."""
     names = {layer.name: input_value(original, layer) for layer in layers}
     values = list(dict.fromkeys(names.values()))
     runners = [BatchRunner(restrict_outputs(m, values), inp, values, batch)
@@ -176,7 +179,11 @@ def accumulate(original: ir.Model, layers: list[Layer], x: np.ndarray, inp: Mode
     for got in zip(*streams):
         for layer in layers:
             rows = [layer_rows(out[names[layer.name]], layer, len(x)) for _, out in got]
-            sums[layer.name].update(rows[-1], rows[0] if compressed is not None else None)
+            sums[layer.name].update(rows[-1], rows[0] if compressed is not None else None, oo=known is None)
         bar.update(1)
     bar.close()
-    return {name: m.mean() for name, m in sums.items()}
+    means = {name: m.mean() for name, m in sums.items()}
+    if known is not None and compressed is not None:
+        for name, m in means.items():
+            m.oo = known[name].cc
+    return means

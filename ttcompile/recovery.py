@@ -33,9 +33,9 @@ from ttcompile.moments import Moments, accumulate
 from ttcompile.passes.base import get_format
 from ttcompile.plan import LayerPlan, Plan
 
-MAX_PASSES = 12  # sequential recovery: at most this many (original + compressed) pass pairs
+MAX_PASSES = 8  # sequential recovery: at most this many (original + compressed) pass pairs
 INIT_STEPS = 50  # L-BFGS iterations refining a data-aware init
-RECOVER_STEPS = 100  # L-BFGS iterations of one layer's recovery
+RECOVER_STEPS = 50  # L-BFGS iterations of one layer's recovery
 
 
 @dataclass
@@ -142,8 +142,9 @@ def groups(names: list[str], max_passes: int) -> list[list[str]]:
 def recover(model: ir.Model, plan: Plan, states: dict[str, LayerState], x: np.ndarray, inp: ModelInput,
             mode: str = "sequential", moments: dict[str, Moments] | None = None, steps: int = RECOVER_STEPS,
             max_passes: int = MAX_PASSES, batch: int = 100, progress: bool = True) -> int:
-    """Fit every state in place (see the module docstring); ``parallel`` reuses ``moments`` of the original
-    when given. Returns the number of ORT passes made."""
+    """Fit every state in place (see the module docstring). ``moments``: the original's moments on ``x``
+    (``accumulate``), reused when given (parallel: as they are; sequential: as ``oo``). Returns the number of
+    ORT passes made."""
     names = list(states)
     if mode == "parallel":
         passes = 0
@@ -160,7 +161,8 @@ def recover(model: ir.Model, plan: Plan, states: dict[str, LayerState], x: np.nd
     for chunk in chunks:
         current = compressed_model(model, plan, states)
         cross = accumulate(model, [states[n].lp.layer for n in chunk], x, inp, compressed=current, batch=batch,
-                           progress=progress, desc=f"inputs of {chunk[0]}" + (" .." if len(chunk) > 1 else ""))
+                           progress=progress, desc=f"inputs of {chunk[0]}" + (" .." if len(chunk) > 1 else ""),
+                           known=moments)
         for name in chunk:
             _fit(states[name], cross[name], steps)
             bar.update(1)
