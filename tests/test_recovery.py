@@ -77,7 +77,8 @@ def test_sequential_recovery_sees_the_compressed_upstream(tmp_path):
     """Before its fit, a downstream layer's error on x_c is its error on x_o plus the upstream drift."""
     proto, model, plan, x, mom = prepared(tmp_path, "tt", 0.1)
     states = initial_states(model, plan, mom, data_init=True, progress=False)
-    passes = recover(model, plan, states, x, model_input(proto), steps=10, max_passes=10, progress=False)
+    passes = recover(model, plan, states, x, model_input(proto), moments=mom, steps=10, max_passes=10,
+                     progress=False)
     assert passes == 2 * len(states)  # one layer per group: exactly sequential
     first, *rest = states.values()
     assert first.record.error_before_recovery == pytest.approx(first.record.error_data_init
