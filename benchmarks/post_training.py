@@ -113,7 +113,7 @@ def run_budget(model_path: Path, budget: float, args, calib_npz: Path, x: np.nda
     return rows
 
 
-def markdown(rows: list[dict], skipped: list[str], commands: list[dict]) -> str:
+def markdown(rows: list[dict], skipped: list[str], commands: list[dict], notes: list[str] = ()) -> str:
     lines = ["# Calibration-only compression (1,000 unlabeled mnist:val images), MNIST 10k test accuracy", "",
              *[f"- {c['models']}: `{c['command']}`" for c in commands], "",
              "Stage s: each stage's own wall time, single thread (the one moments pass of the original, shared "
@@ -127,13 +127,16 @@ def markdown(rows: list[dict], skipped: list[str], commands: list[dict]) -> str:
                      f"{r['moments_s']:.1f} |")
     if skipped:
         lines += ["", *[f"- skipped: {s}" for s in skipped]]
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, rows: list[dict], skipped: list[str], commands: list[dict]) -> None:
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "skipped": skipped, "commands": commands},
-                                                   indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(rows, skipped, commands))
+def write(out: Path, rows: list[dict], skipped: list[str], commands: list[dict], notes: list[str] = ()) -> None:
+    """Both result files; ``notes`` (measured elsewhere, with their commands) are kept across runs."""
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "skipped": skipped, "commands": commands,
+                                                    "notes": list(notes)}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(rows, skipped, commands, notes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             for budget in map(float, args.budgets.split(",")):
                 for r in run_budget(path, budget, args, calib_npz, x, test):
                     rows.append({"model": name, **r})
-                write(out, rows, skipped, commands)
-        write(out, rows, skipped, commands)
+                write(out, rows, skipped, commands, old.get("notes", []))
+        write(out, rows, skipped, commands, old.get("notes", []))
     return 0
 
 
