@@ -29,6 +29,7 @@ from functools import reduce
 from math import prod
 
 import numpy as np
+import tensorly as tl
 
 from ttcompile.layers import Layer
 from ttcompile.passes.base import ChainBuilder, Cost, finish_cost, register, spatial, spatial_conv_attrs
@@ -51,10 +52,10 @@ ALS_SEED = 0
 
 
 def cp_full(factors: list[np.ndarray]) -> np.ndarray:
-    """Tensor ``(I_1, ..., I_N)`` of CP factors ``(I_n, R)``."""
-    rank = factors[0].shape[1]
-    rest = reduce(lambda a, b: (a[:, None, :] * b[None, :, :]).reshape(-1, rank), factors[1:], np.ones((1, rank)))
-    return (factors[0] @ rest.T).reshape([f.shape[0] for f in factors])
+    """Tensor ``(I_1, ..., I_N)`` of CP factors ``(I_n, R)``, N >= 2 (tensorly ops: also runs on torch tensors)."""
+    rank = int(factors[0].shape[1])
+    rest = reduce(lambda a, b: tl.reshape(a[:, None, :] * b[None, :, :], (-1, rank)), factors[2:], factors[1])
+    return tl.reshape(factors[0] @ tl.transpose(rest), tuple(int(f.shape[0]) for f in factors))
 
 
 def mttkrp(tensor: np.ndarray, factors: list[np.ndarray], mode: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from math import prod
 
 import numpy as np
+import tensorly as tl
 
 from ttcompile.layers import Layer
 from ttcompile.passes.base import ChainBuilder, Cost, finish_cost, register, spatial, spatial_conv_attrs
@@ -125,8 +126,10 @@ class TuckerFormat(SVDFormat):
     def reconstruct(self, cores: list[np.ndarray], layer: Layer, modes: dict) -> np.ndarray:
         if layer.kind != "conv":
             return super().reconstruct(cores, layer, modes)
-        u_out, core, u_in = cores
-        return np.einsum("ab...,oa,cb->oc...", core, u_out, u_in, optimize=True)
+        u_out, core, u_in = cores  # tensorly ops: also runs on torch tensors (see train.lowrank)
+        g = tl.reshape(core, (int(core.shape[0]), int(core.shape[1]), -1))
+        w = tl.tensordot(tl.tensordot(u_out, g, axes=([1], [0])), u_in, axes=([1], [1]))  # (O, K, C)
+        return tl.reshape(tl.transpose(w, (0, 2, 1)), layer.dense_shape)
 
     def emit(self, b, x, cores, layer, modes, options):
         if layer.kind != "conv":

@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from ttcompile import calibrated
 from ttcompile.allocators import add_budget_arguments, describe
 from ttcompile.argtypes import batch_int, count_int, positive_float, threads_int
 from ttcompile.atomic import write_files_atomic
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the limit predicted from the layers' reconstruction errors, see ttcompile.gate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_arguments(p)
+    calibrated.add_arguments(p)
     add_training_arguments(p)
 
 
@@ -68,18 +70,21 @@ def plan_path(output: str | Path) -> Path:
     return Path(output).with_suffix(".plan.json")
 
 
-def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
-    if not args.data:
-        return random_inputs(original, batch=min(args.samples, 8), input_shapes=parse_input_shapes(args.input_shape))
-    from ttcompile.models.data import load_dataset
+def _comparison_source(args) -> str | None:
+    return args.data or getattr(args, "calib", None)
 
-    named = load_named_feeds(args.data, original)
+
+def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
+    spec = _comparison_source(args)
+    if not spec:
+        return random_inputs(original, batch=min(args.samples, 8), input_shapes=parse_input_shapes(args.input_shape))
+    named = load_named_feeds(args.data, original) if args.data else None
     if named is not None:
         return named
     inputs = graph_inputs(original)
     if len(inputs) != 1:
         raise UserError(f"--data feeds one input, the model has {len(inputs)}")
-    return {inputs[0].name: load_dataset(args.data).x[: args.samples]}
+    return {inputs[0].name: calibrated.calibration_inputs(spec, original, args.samples)}
 
 
 def check_paths(args: argparse.Namespace) -> None:
@@ -103,7 +108,8 @@ def compress_model(args: argparse.Namespace):
         return train_compressed(args, model, plan)
     if args.rank_select:
         raise UserError("--rank-select needs training data (--train)")
-    results, proto = compress_in_memory(model, plan, progress=not args.quiet)
+    model, cores, transform = calibrated.prepare(args, model, plan)
+    results, proto = compress_in_memory(model, plan, progress=not args.quiet, cores=cores, transform=transform)
     return plan, results, proto
 
 
@@ -125,13 +131,16 @@ def check_some_rewritten(plan: Plan, results: list[RewriteResult]) -> None:
         raise UserError(f"{plan.model}: no layer could be rewritten ({reasons})")
 
 
-def compress_in_memory(model: ir.Model, plan: Plan,
-                       progress: bool = True) -> tuple[list[RewriteResult], onnx.ModelProto]:
-    """Apply ``plan`` to ``model`` and check the result with onnx.checker."""
+def compress_in_memory(model: ir.Model, plan: Plan, progress: bool = True, cores: dict | None = None,
+                       transform=None) -> tuple[list[RewriteResult], onnx.ModelProto]:
+    """Apply ``plan`` to ``model`` (emitting ``cores`` where given), optionally ``transform`` the compressed
+    proto (e.g. distillation on the calibration data), and check the result with onnx.checker."""
     check_some_compressed(plan)
-    results = apply_plan(model, plan, progress=progress)
+    results = apply_plan(model, plan, progress=progress, cores=cores)
     check_some_rewritten(plan, results)
     proto = to_proto(model)
+    if transform is not None:
+        proto = transform(proto)
     check_model(proto)
     return results, proto
 
@@ -148,12 +157,14 @@ def run(args: argparse.Namespace) -> int:
     print(plan_table(plan))
     if "allocator" in plan.settings:
         print(describe(plan))
+    if "calibration" in plan.settings:
+        print(calibrated.records_table(plan))
     for r in results:
         if not r.rewritten:
             print(f"skipped {r.name}: {r.reason}")
     errors = relative_errors(original, proto, _comparison_inputs(args, original),
                              names=(args.model, "the compressed model"))
-    source = args.data or "random inputs"
+    source = _comparison_source(args) or "random inputs"
     for name, err in errors.items():
         print(f"output {name}: relative error {err:.3e} vs original on {source}")
     verdict = judge(errors, [r.error for r in results if r.rewritten], args.max_error, trained=bool(args.train),

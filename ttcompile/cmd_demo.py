@@ -1,9 +1,10 @@
 """``ttcompile demo``: the end-to-end run on the embedded LeNet-5, offline, in about a minute.
 
 It runs the same commands a user would (printed before each step): LWIQ analysis on the embedded
-MNIST calibration sample, TT compression at a parameter budget, a short distillation fine-tune on
-that sample (when torch is installed), and a benchmark of original vs compressed on the embedded
-2 000-image MNIST test sample, one ONNX Runtime session at a time.
+MNIST calibration sample, TT compression at a parameter budget with data-aware init and layer-wise
+recovery on that sample (its labels are not used; ``--recover none`` gives the weight-only rewrite),
+a short distillation fine-tune on that sample (when torch is installed), and a benchmark of original
+vs compressed on the embedded 2 000-image MNIST test sample, one ONNX Runtime session at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out-dir", default="ttcompile-demo", help="where the files go (default ./ttcompile-demo)")
     p.add_argument("--format", default="tt", help="decomposition format (default tt)")
     p.add_argument("--budget", default="params=0.1", help="compression budget (default params=0.1)")
+    p.add_argument("--recover", choices=["none", "layer"], default="layer",
+                   help="layer: data-aware init + layer-wise recovery on the calibration sample (default); none: "
+                        "cores from the weights only")
     p.add_argument("--finetune-epochs", type=int, default=8, help="distillation epochs on the sample (0: none)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved benchmark rounds")
 
@@ -41,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
     model, calib, test = (str(embedded(n)) for n in ("lenet5_mnist.onnx", "mnist_calib.npz", "mnist_test_sample.npz"))
     compressed, tuned = out / f"lenet5_{args.format}.onnx", out / f"lenet5_{args.format}_ft.onnx"
     _step("LWIQ analysis", ["analyze", model, "--calib", calib, "-o", str(out / "analysis.json")])
-    _step(f"compress with {args.format} at {args.budget}",
+    calibration = (["--calib", calib] if args.recover == "layer" else [])
+    what = ("data-aware init + layer-wise recovery on the calibration sample (labels not used)"
+            if calibration else "cores from the weights")
+    _step(f"compress with {args.format} at {args.budget}: {what}",
           ["compress", model, "-o", str(compressed), "--format", args.format, "--budget", args.budget,
-           "--analysis", str(out / "analysis.json"), "--data", test, "--quiet"])
+           "--analysis", str(out / "analysis.json"), *calibration, "--data", test, "--quiet"])
     models = [model, str(compressed)]
     if args.finetune_epochs > 0 and importlib.util.find_spec("torch") is not None:
         _step("distillation fine-tune on the calibration sample",

@@ -1,0 +1,174 @@
+"""Compression from calibration inputs only: data-aware init, layer-wise recovery, optional distillation.
+
+``compress --calib D``: moments of every compressed layer's input on D (one ORT pass of the original),
+cores initialised data-aware (``--init data``, the default with D) or from the weights (``--init weight``),
+then ``--recover layer`` (default) fits every layer to the original's outputs (``ttcompile.recovery``) and
+``--recover model`` adds a knowledge-distillation fine-tune on D (labels from the original model, D's own
+labels are never read). What was done goes into the plan's ``settings["calibration"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from ttcompile.errors import UserError
+from ttcompile.features import ModelInput, model_input
+from ttcompile.graph import to_proto
+from ttcompile.moments import DIAGONAL_ABOVE, MIN_ROWS, ROW_FLOPS, accumulate
+from ttcompile.plan import Plan
+from ttcompile.recovery import INIT_STEPS, MAX_PASSES, RECOVER_STEPS, LayerState, initial_states, recover, with_biases
+from ttcompile.tables import align
+
+RECOVER_EPOCHS = 5
+
+
+@dataclass
+class Settings:
+    init: str = "data"  # "weight" | "data"
+    recover: str = "layer"  # "none" | "layer" | "model"
+    mode: str = "sequential"  # layer-wise recovery: "sequential" | "parallel"
+    init_steps: int = INIT_STEPS
+    recover_steps: int = RECOVER_STEPS
+    max_passes: int = MAX_PASSES
+    epochs: int = RECOVER_EPOCHS  # --recover model: distillation epochs
+    lr: float = 1e-3
+    batch: int = 100
+    threads: int = 1
+    progress: bool = True
+    times: dict = field(default_factory=dict)
+
+
+def calibration_inputs(spec: str, proto: onnx.ModelProto, samples: int | None = None) -> np.ndarray:
+    """The first ``samples`` inputs of ``spec`` (labels dropped), reshaped to the model's input when sizes match."""
+    from ttcompile.models.data import load_dataset
+
+    inp = model_input(proto)
+    x = load_dataset(spec).x[:samples]
+    want = inp.dims[1:]
+    if tuple(x.shape[1:]) != tuple(want):
+        if None in want or prod(x.shape[1:]) != prod(want):
+            raise UserError(f"{spec}: samples have shape {x.shape[1:]}, the model input {inp.name!r} expects "
+                            f"{tuple('?' if w is None else w for w in want)}")
+        x = x.reshape(len(x), *want)
+    if len(x) == 0:
+        raise UserError(f"{spec}: no calibration samples")
+    return np.ascontiguousarray(x, dtype=inp.dtype)
+
+
+def fit(model: ir.Model, plan: Plan, x: np.ndarray, inp: ModelInput, s: Settings
+        ) -> tuple[ir.Model, dict[str, LayerState]]:
+    """Data-aware init and layer-wise recovery; returns ``model`` with fitted biases and the layer states
+    (cores to emit with ``apply_plan(..., cores=...)``). Records what was done in ``plan.settings``."""
+    layers = [lp.layer for lp in plan.layers if lp.action == "compress"]
+    t0 = time.perf_counter()
+    moments = accumulate(model, layers, x, inp, batch=s.batch, progress=s.progress)
+    t1 = time.perf_counter()
+    states = initial_states(model, plan, moments, s.init == "data", s.init_steps, s.progress)
+    t2 = time.perf_counter()
+    passes = 1
+    if s.recover in ("layer", "model"):
+        passes += recover(model, plan, states, x, inp, s.mode, moments, s.recover_steps, s.max_passes, s.batch,
+                          s.progress)
+    t3 = time.perf_counter()
+    s.times.update(moments_s=t1 - t0, init_s=t2 - t1, recovery_s=t3 - t2)
+    plan.settings["calibration"] = {
+        "samples": len(x), "labels": "not used", "init": s.init, "recover": s.recover,
+        "recovery_mode": s.mode if s.recover != "none" else None, "init_steps": s.init_steps,
+        "recover_steps": s.recover_steps, "ort_passes": passes,
+        "moments": f"inputs augmented with a constant 1; conv patch rows capped at max({MIN_ROWS}, "
+                   f"{ROW_FLOPS:.0e} / n^2) (fixed positions); diagonal above n = {DIAGONAL_ABOVE}",
+        "errors": "relative RMS output error of the layer on the calibration inputs",
+        "times_s": {k: round(v, 3) for k, v in s.times.items()},
+        "layers": {name: st.record.to_json() for name, st in states.items()},
+    }
+    return with_biases(model, states), states
+
+
+def distil(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, s: Settings) -> onnx.ModelProto:
+    """``--recover model``: knowledge distillation on ``x`` with the teacher's outputs as the only targets."""
+    from ttcompile.models.data import Dataset
+    from ttcompile.train.finetune import finetune
+
+    t0 = time.perf_counter()
+    tuned, _ = finetune(student, teacher, Dataset(x, None, "calibration"), epochs=s.epochs, lr=s.lr,
+                        progress=s.progress, threads=s.threads)
+    s.times["distillation_s"] = time.perf_counter() - t0
+    return tuned
+
+
+def records_table(plan: Plan) -> str:
+    """Per compressed layer: the cores kept and the calibration output errors before/after recovery."""
+    cal = plan.settings["calibration"]
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    rows = [[name, r["init"] + (" (closed form)" if r["closed_form"] and r["init"] == "data" else ""),
+             f(r["error_weight_init"]), f(r["error_data_init"]), f(r["error_before_recovery"]),
+             f(r["error_after_recovery"])] for name, r in cal["layers"].items()]
+    head = (f"calibration: {cal['samples']} samples (labels not used), init {cal['init']}, recovery {cal['recover']}"
+            + (f" ({cal['recovery_mode']}, {cal['ort_passes']} ORT passes)" if cal["recover"] != "none" else "")
+            + "; " + ", ".join(f"{k} {v:.1f}" for k, v in cal["times_s"].items()))
+    return head + "\n" + "\n".join(align(["layer", "cores", "err weight-init", "err data-init", "err before rec.",
+                                          "err after rec."], rows))
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration-only compression (with --calib; labels are not used)")
+    g.add_argument("--init", choices=["weight", "data"], help="cores from the weights, or fitted to the layer "
+                   "outputs on --calib (default: data with --calib)")
+    g.add_argument("--recover", choices=["none", "layer", "model"], help="after init: nothing, layer-wise fit "
+                   "to the original's outputs, or that plus distillation on --calib (default: layer with --calib)")
+    g.add_argument("--recover-mode", choices=["sequential", "parallel"], default="sequential",
+                   help="layer-wise recovery on the compressed upstream (default) or the original's inputs")
+    g.add_argument("--recover-steps", type=int, default=RECOVER_STEPS, help=f"L-BFGS steps per layer "
+                   f"(default {RECOVER_STEPS})")
+    g.add_argument("--recover-epochs", type=int, default=RECOVER_EPOCHS,
+                   help=f"--recover model: distillation epochs on --calib (default {RECOVER_EPOCHS})")
+    g.add_argument("--calib-samples", type=int, help="use only the first N calibration samples")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings | None:
+    """The calibration settings asked for; None when no calibration-only step runs."""
+    if not getattr(args, "calib", None):
+        given = [f"--{k.replace('_', '-')}" for k in ("init", "recover") if getattr(args, k, None)]
+        if given:
+            raise UserError(f"{', '.join(given)} need calibration data (--calib D)")
+        return None
+    if args.recover_steps < 0 or args.recover_epochs < 0:
+        raise UserError("--recover-steps and --recover-epochs must be >= 0")
+    return Settings(init=args.init or "data", recover=args.recover or "layer", mode=args.recover_mode,
+                    recover_steps=args.recover_steps, epochs=args.recover_epochs, lr=args.lr,
+                    threads=args.threads, progress=not args.quiet)
+
+
+def prepare(args: argparse.Namespace, model: ir.Model, plan: Plan):
+    """``(model with fitted biases, cores, transform of the compressed proto)`` for ``compress_to_file``;
+    ``(model, None, None)`` without --calib."""
+    s = settings_from_args(args)
+    if s is None:
+        return model, None, None
+    teacher = to_proto(model)
+    x = calibration_inputs(args.calib, teacher, args.calib_samples)
+    fitted, states = fit(model, plan, x, model_input(teacher), s)
+    cores = {name: st.cores for name, st in states.items()}
+    if s.recover != "model":
+        return fitted, cores, None
+
+    def transform(proto: onnx.ModelProto) -> onnx.ModelProto:
+        tuned = distil(proto, teacher, x, s)
+        plan.settings["calibration"]["times_s"]["distillation_s"] = round(s.times["distillation_s"], 3)
+        plan.settings["calibration"]["distillation_epochs"] = s.epochs
+        return tuned
+
+    return fitted, cores, transform
