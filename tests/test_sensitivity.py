@@ -176,3 +176,28 @@ def test_other_outputs_get_kmeans_pseudo_classes(tmp_path):
     assert a.targets["kind"] == "pseudo" and a.targets["classes"] == 4 and "k-means" in a.calibration["labels"]
     curve = a.curves["tt"]["conv2"]
     assert curve.points and curve.points[0].drop > curve.points[-1].drop
+
+
+def test_span_inputs_that_are_not_per_sample_are_fed_as_they_are(tmp_path):
+    """conv -> Relu -> Reshape(shape = Concat(Shape(x)[:1], [-1])) -> Gemm: the conv's span (read out at the
+    Gemm's probe) reads the computed shape, which has no batch axis; it is kept once and fed to every run."""
+    rng = np.random.default_rng(0)
+    w = {"W1": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+         "WF": rng.standard_normal((4, 8 * 6 * 6)).astype(np.float32) / 10,
+         "start": np.array([0], np.int64), "one": np.array([1], np.int64), "minus": np.array([-1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Slice", ["s", "start", "one"], ["n"], name="batch"),
+             helper.make_node("Concat", ["n", "minus"], ["flat_shape"], name="cat", axis=0),
+             helper.make_node("Reshape", ["r1", "flat_shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "WF"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(v, n) for n, v in w.items()])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(1).random((90, 1, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x, y=np.arange(90) % 4)
+    a = analyze(path, str(tmp_path / "x.npz"), formats=("tucker",), batch=16, progress=False)
+    assert a.curves["tucker"]["conv1"].readout == "fc" and a.curves["tucker"]["conv1"].points

@@ -286,7 +286,7 @@ def analyze(
                 if classifier:
                     model_hits += int((np.argmax(out[logits], axis=1) == labels).sum())
                 out[INPUT] = out[x_name] = calib.x[idx]
-                capture.add({n: out[n] for n in capture.names})
+                capture.add({n: out[n] for n in capture.names}, len(idx))
                 for v, proxy in proxies.items():
                     hits[v] += int((proxy.predict(targets.embed(out[v], channels_first[v])) == labels).sum())
         items = len(held_idx) * targets.positions

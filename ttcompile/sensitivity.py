@@ -167,21 +167,29 @@ def layer_span(model: ir.Model, probes: list[Probe], probe: Probe, readout: str 
 
 
 class Capture:
-    """Held-out values of every subgraph input, written batch by batch into memory-mapped ``.npy`` files."""
+    """Held-out values of every span input, written batch by batch into memory-mapped ``.npy`` files.
+
+    A value whose leading axis is not the batch (a shape computed by Shape/Concat, a constant subgraph) is
+    kept once, as the first batch gave it, in ``fixed``.
+    """
 
     def __init__(self, names: list[str], samples: int):
         self.names, self.samples = list(dict.fromkeys(names)), samples
         self._dir = tempfile.TemporaryDirectory(prefix="ttcompile-capture-")
         self.arrays: dict[str, np.ndarray] = {}
+        self.fixed: dict[str, np.ndarray] = {}
         self.filled = 0
 
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        """Append the next samples (each ``batch[name]`` is ``(B, ...)``) until ``samples`` are held."""
-        take = min(self.samples - self.filled, len(next(iter(batch.values()))) if batch else 0)
+    def add(self, batch: dict[str, np.ndarray], n: int) -> None:
+        """Append the next ``n`` samples (``batch[name]`` is ``(n, ...)``) until ``samples`` are held."""
+        take = min(self.samples - self.filled, n)
         if take <= 0:
             return
         for name in self.names:
             a = batch[name]
+            if name in self.fixed or (name not in self.arrays and (a.ndim == 0 or a.shape[0] != n)):
+                self.fixed.setdefault(name, np.array(a))
+                continue
             if name not in self.arrays:
                 path = Path(self._dir.name) / f"{len(self.arrays)}.npy"
                 self.arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=a.dtype,
@@ -189,43 +197,57 @@ class Capture:
             self.arrays[name][self.filled:self.filled + take] = a[:take]
         self.filled += take
 
+    def inputs(self, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(batch-major arrays, fixed values) of ``names``."""
+        return ({n: self.arrays[n] for n in names if n in self.arrays},
+                {n: self.fixed[n] for n in names if n in self.fixed})
+
     def close(self) -> None:
         self.arrays.clear()
         self._dir.cleanup()
 
 
-def subgraph(proto: onnx.ModelProto, span: Span, inputs: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The span's nodes as a model: ``inputs`` (name -> captured ``(N, ...)`` array) in, the read-out value out.
+def subgraph(proto: onnx.ModelProto, span: Span, inputs: dict[str, np.ndarray],
+             fixed: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The span's nodes as a model: ``inputs`` (name -> captured ``(N, ...)`` array) and ``fixed`` values in,
+    the read-out value out.
 
     Nodes and initializers are copied from ``proto``; inputs get a dynamic batch and the captured sample
-    shape, the output is declared with the inputs' element type and no shape.
+    shape, fixed values their own shape; the output is declared with the inputs' element type, no shape.
     """
     by_name = {n.name: n for n in proto.graph.node}
     nodes = [by_name[name] for name in span.nodes]
     used = {i for n in nodes for i in n.input}
     inits = [t for t in proto.graph.initializer if t.name in used]
-    vi = [onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype),
-                                             ["N", *a.shape[1:]]) for name, a in inputs.items()]
-    elem = vi[0].type.tensor_type.elem_type
-    out = onnx.helper.make_tensor_value_info(span.readout.value, elem, None)
+
+    def info(name: str, a: np.ndarray, dims: list) -> onnx.ValueInfoProto:
+        return onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), dims)
+
+    vi = [info(name, a, ["N", *a.shape[1:]]) for name, a in inputs.items()]
+    vi += [info(name, a, list(a.shape)) for name, a in fixed.items()]
+    out = onnx.helper.make_tensor_value_info(span.readout.value, vi[0].type.tensor_type.elem_type, None)
     graph = onnx.helper.make_graph(nodes, f"span_{span.readout.layer}", vi, [out], inits)
     return onnx.helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
 
 
-def _run(sub: onnx.ModelProto, inputs: dict[str, np.ndarray], output: str, batch: int) -> Iterator[np.ndarray]:
-    """Outputs of ``sub`` on ``inputs``, batch by batch (a static batch dim is fed exactly, the last one padded)."""
+def _run(sub: onnx.ModelProto, inputs: dict[str, np.ndarray], fixed: dict[str, np.ndarray], output: str,
+         batch: int) -> Iterator[np.ndarray]:
+    """Outputs of ``sub`` on ``inputs`` (and the ``fixed`` values), batch by batch. A static batch dim is fed
+    exactly; with fixed values (which may encode the batch size) every run gets ``batch`` samples. The last
+    batch is padded then."""
     sess = make_session(sub.SerializeToString())
     dims = sess.get_inputs()[0].shape
     static = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
     step = static or batch
+    pad_to = step if static or fixed else None
     n = len(next(iter(inputs.values())))
     for start in range(0, n, step):
         feeds = {k: np.asarray(v[start:start + step]) for k, v in inputs.items()}
         got = len(next(iter(feeds.values())))
-        if static and got < static:
-            feeds = {k: np.concatenate([v, np.repeat(v[-1:], static - got, axis=0)]) for k, v in feeds.items()}
-        y = sess.run([output], feeds)[0]
-        yield y[:got] if static else y
+        if pad_to and got < pad_to:
+            feeds = {k: np.concatenate([v, np.repeat(v[-1:], pad_to - got, axis=0)]) for k, v in feeds.items()}
+        y = sess.run([output], {**feeds, **fixed})[0]
+        yield y[:got] if pad_to else y
 
 
 def _score(outputs: Iterator[np.ndarray], probe: Probe, targets: Targets, proxy, labels: np.ndarray,
@@ -262,17 +284,17 @@ def measure_curves(model: ir.Model, layers: list[Layer], spans: dict[str, Span],
         for lay in active:
             span = spans[lay.name]
             readout, value = span.readout, span.readout.value
-            inputs = {n: capture.arrays[n] for n in span.inputs}
-            sub = subgraph(proto, span, inputs)
+            inputs, fixed = capture.inputs(span.inputs)
+            sub = subgraph(proto, span, inputs, fixed)
             proxy = proxies[value]
-            acc0, _, kept = _score(_run(sub, inputs, value, batch), readout, targets, proxy, labels, None)
+            acc0, _, kept = _score(_run(sub, inputs, fixed, value, batch), readout, targets, proxy, labels, None)
             reference = np.concatenate(kept)
             bar.update(1)
             points = []
             for ranks in work[lay.name]:
                 m = ir.from_proto(sub)
                 rewrite_layer(m, planner.layer(lay, ranks))
-                acc, err, _ = _score(_run(to_proto(m), inputs, value, batch), readout, targets, proxy, labels,
+                acc, err, _ = _score(_run(to_proto(m), inputs, fixed, value, batch), readout, targets, proxy, labels,
                                      reference)
                 points.append(Point(list(ranks), acc, err, max(acc0 - acc, 0.0) + BETA * err))
                 bar.update(1)
