@@ -13,8 +13,8 @@ images, labels dropped, saved as an x-only .npz), then four models, each evaluat
 * ``data+layer+model``: plus knowledge distillation on C (teacher logits as the only targets).
 
 Wall times: ``moments`` (one pass of the original), each stage's own time, single-threaded torch/ORT.
-ResNet-56 is read from ``/work/main/models`` or ``models/`` when present, else skipped with the reason.
-Writes ``benchmarks/results/post_training.{md,json}``.
+A model file that is missing is skipped with the reason. Writes ``benchmarks/results/post_training.{md,json}``;
+a rerun replaces the rows of the same model, allocator and format and keeps the others.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ttcompile.runtime import make_session  # noqa: E402, F401  (ORT thread sett
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"lenet5": ["models/lenet5_mnist.onnx"], "resnet20": ["models/resnet20_mnist.onnx"],
-          "resnet56": ["/work/main/models/resnet56_mnist.onnx", "models/resnet56_mnist.onnx"]}
+          "resnet56": ["models/resnet56_mnist.onnx"]}
 BUDGETS = [0.5, 0.2, 0.1, 0.05]
 CALIB, CALIB_N = "mnist:val", 1000
 VARIANTS = ["weight", "data", "data+layer", "data+layer+model"]
@@ -155,11 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     names = args.models.split(",")
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
-    rows = [r for r in old.get("rows", []) if r["model"] not in names]  # other models' rows are kept
+    def same_run(r: dict) -> bool:
+        return r["model"] in names and r["allocator"] == args.allocator and r["format"] == args.format
+
+    rows = [r for r in old.get("rows", []) if not same_run(r)]  # other models' and settings' rows are kept
     skipped = [s for s in old.get("skipped", []) if s.split(":")[0] not in names]
-    commands = [c for c in old.get("commands", []) if c["models"] not in names]
+    key = f"{args.models} ({args.allocator}, {args.format})"
+    commands = [c for c in old.get("commands", []) if c["models"] != key]
     command = "python benchmarks/post_training.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    commands.append({"models": args.models, "command": command})
+    commands.append({"models": key, "command": command})
     with tempfile.TemporaryDirectory() as tmp:
         calib_npz = Path(tmp) / "calib_unlabeled.npz"
         np.savez(calib_npz, x=load_dataset(CALIB).x[:CALIB_N])  # labels dropped
