@@ -1,7 +1,7 @@
 """``ttcompile demo``: the end-to-end run on the embedded LeNet-5, offline, in about a minute.
 
 It runs the same commands a user would (printed before each step): LWIQ analysis on the embedded
-MNIST calibration sample, TT compression at a parameter budget with data-aware init and layer-wise
+MNIST calibration sample, TR compression (``--format``) at a parameter budget with data-aware init and layer-wise
 recovery on that sample (its labels are not used; ``--recover none`` gives the weight-only rewrite),
 a short distillation fine-tune on that sample (when torch is installed), and a benchmark of original
 vs compressed on the embedded 2 000-image MNIST test sample, one ONNX Runtime session at a time.
@@ -18,8 +18,9 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out-dir", default="ttcompile-demo", help="where the files go (default ./ttcompile-demo)")
-    p.add_argument("--format", default="tt", help="decomposition format (default tt)")
-    p.add_argument("--budget", default="params=0.1", help="compression budget (default params=0.1)")
+    p.add_argument("--format", default="tr", help="decomposition format (default tr: on LeNet-5 a TT budget is "
+                                                  "capped by the MACs of its 1250->320 layer)")
+    p.add_argument("--budget", default="params=0.05", help="compression budget (default params=0.05)")
     p.add_argument("--recover", choices=["none", "layer"], default="layer",
                    help="layer: data-aware init + layer-wise recovery on the calibration sample (default); none: "
                         "cores from the weights only")
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model, calib, test = (str(embedded(n)) for n in ("lenet5_mnist.onnx", "mnist_calib.npz", "mnist_test_sample.npz"))
     compressed, tuned = out / f"lenet5_{args.format}.onnx", out / f"lenet5_{args.format}_ft.onnx"
-    _step("LWIQ analysis", ["analyze", model, "--calib", calib, "-o", str(out / "analysis.json")])
+    _step("LWIQ analysis", ["analyze", model, "--calib", calib, "--format", args.format, "-o",
+                            str(out / "analysis.json")])
     calibration = (["--calib", calib] if args.recover == "layer" else [])
     what = ("data-aware init + layer-wise recovery on the calibration sample (labels not used)"
             if calibration else "cores from the weights")
