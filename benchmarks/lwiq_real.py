@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--formats", default="tt", help="formats to measure curves in ('' for scores only)")
     p.add_argument("--pseudo-classes", type=int, default=10)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lwiq_real"))
     args = p.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
     results = [run(name, args.samples, formats, args.pseudo_classes) for name in args.models.split(",")]
-    out = ROOT / "benchmarks" / "results" / "lwiq_real"
+    out = Path(args.out)
     command = " ".join(["python", *sys.argv])
     write_bytes_atomic(out.with_suffix(".json"), (json.dumps(results, indent=1) + "\n").encode())
     write_bytes_atomic(out.with_suffix(".md"), markdown(results, command).encode())
