@@ -130,11 +130,10 @@ def markdown(result: dict) -> str:
                 ranks = ranks[:117] + "..."
             lines.append(lead + f"| {r['params_fraction']:.2%} | {r['before']:.4f} | {after} | {r['search_s']:.1f} "
                          f"| {r['cut_bonds']} | {ranks} |")
-        ratio = m.get("lwiq_over_greedy_search")
-        if ratio:
-            cpu = m["search_cpu_s"]
+        cpu = {f: c for f, c in m.get("search_cpu_s", {}).items() if "lwiq" in c and "greedy" in c}
+        if cpu:
             lines += ["", "Search CPU time (this process) lwiq / greedy: " + ", ".join(
-                f"{f} {v:.3f} ({cpu[f]['lwiq']:.0f} s / {cpu[f]['greedy']:.0f} s)" for f, v in ratio.items())]
+                f"{f} {c['lwiq'] / c['greedy']:.3f} ({c['lwiq']:.0f} s / {c['greedy']:.0f} s)" for f, c in cpu.items())]
         lines.append("")
     return "\n".join(lines)
 
@@ -210,9 +209,6 @@ def main(argv: list[str] | None = None) -> int:
                           f" after {row.get('after', float('nan')):.4f} cut {row.get('cut_bonds')} "
                           f"({time.perf_counter() - start:.0f} s)", flush=True)
                     save()
-            s = m.get("search_cpu_s", {}).get(fmt, {})
-            if "lwiq" in s and "greedy" in s:  # CPU seconds of this process: fair on a shared machine
-                m.setdefault("lwiq_over_greedy_search", {})[fmt] = s["lwiq"] / s["greedy"]
             save()
     print(markdown(result))
     return 0
