@@ -128,7 +128,11 @@ class LwiqAllocator(Allocator):
             hulls = {lay.name: _hull(planner, lay, curves[lay.name], weight[lay.name], metrics, base)
                      for lay in planner.active}
             steps = {t for h in hulls.values() for t in h.breakpoints}
-            return Family("t", _midpoints(steps), lambda n, t: hulls[n].choose(t))
+            def rank(n: str, t: float) -> list[int] | None:
+                key = hulls[n].choose(t)
+                return None if key is None else list(key)
+
+            return Family("t", _midpoints(steps), rank)
 
         fam = for_budget(Budget(params=1.0))
         fam.for_budget = for_budget
@@ -141,7 +145,7 @@ class LwiqAllocator(Allocator):
 
 
 def _hull(planner: Planner, lay: Layer, curve, weight: float, metrics: list[str], base: dict) -> Hull:
-    """Lower hull of a layer's valid measured candidates and its dense form (key: ranks tuple, or None)."""
+    """Lower hull of a layer's valid measured candidates and its dense form (key: ranks tuple, or None: dense)."""
     def cost(size: dict) -> float:
         return sum(size[m] / base[m] for m in metrics) if metrics else size["params"] / base["params"]
 
@@ -151,8 +155,7 @@ def _hull(planner: Planner, lay: Layer, curve, weight: float, metrics: list[str]
         lp = planner.layer(lay, p.ranks)
         if lp.action == "compress":
             points.append((cost(planner.size([lp])), weight * p.drop, tuple(p.ranks)))
-    hull = lower_hull(points)
-    return Hull([None if k is None else list(k) for k in hull.keys], hull.costs, hull.damages, hull.breakpoints)
+    return lower_hull(points)
 
 
 def uniform_table(planner: Planner) -> dict[str, tuple[list[float], list[list[int]]]]:
