@@ -154,10 +154,11 @@ def layer_span(model: ir.Model, probes: list[Probe], probe: Probe, readout: str 
     layer_node = find_node(model, probe.layer)
     depends = _downstream(model, layer_node)
     chosen: dict[str, ir.Node] = {n: find_node(model, n) for n in probe.nodes}
+    producer = {o.name: n for n in model.graph for o in n.outputs}
     todo = [target.value]
     while todo:  # backwards from the read-out value through values that depend on the layer
         v = todo.pop()
-        node = next((n for n in model.graph if any(o.name == v for o in n.outputs)), None)
+        node = producer.get(v)
         if node is None or node.name in chosen or v not in depends:
             continue
         chosen[node.name] = node
