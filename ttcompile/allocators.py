@@ -16,6 +16,11 @@ R_{l,k})``.
   on each lower convex hull (``ttcompile.hull``); the solver bisects t. Weights ``w_l``: ``flat`` (1, the
   default) or ``gain`` (the LWIQ score ``s^_l``, the marginal proxy-accuracy gain). Candidates: t = 0 and
   the midpoints between the hulls' breakpoints, so each candidate is one distinct, reproducible rank set.
+  The multiplier reaches only hull vertices; at tight budgets the best combination often uses points
+  between them (LeNet-5 TR at 1/20 and 1/50: the conv2 candidate above conv2's hull chord). So the solve
+  then minimises the same objective ``sum_l w_l d_l(r_l)`` exactly over all measured candidates within
+  the budget (``LwiqExact``, a multiple-choice knapsack, ``ttcompile.knapsack``) and takes that plan when
+  it damages less; the plan's budget report records both damages (``exact``).
 * ``uniform`` (knob rho): every layer gets the largest uniform rank whose realized params are at most
   ``rho`` times its dense params (rank 1 at least; ``plan.ranks_for_ratio``), one rho for all layers.
 * ``energy`` (knob tau): per layer, the singular values ``sigma`` of the canonical weight unfolded as
@@ -44,12 +49,13 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
+from ttcompile import knapsack
 from ttcompile.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
 from ttcompile.compress import rewrite_layer
 from ttcompile.errors import UserError
 from ttcompile.features import Calibration, load_calibration, predict
 from ttcompile.graph import to_proto
-from ttcompile.hull import Hull, lower_hull
+from ttcompile.hull import lower_hull
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.lwiq import Analysis, analyze
 from ttcompile.passes.base import Format, get_format
@@ -125,14 +131,15 @@ class LwiqAllocator(Allocator):
 
         def for_budget(budget: Budget) -> Family:
             metrics = [m for m in ("params", "macs") if getattr(budget, m) is not None and base[m]]
-            hulls = {lay.name: _hull(planner, lay, curves[lay.name], weight[lay.name], metrics, base)
-                     for lay in planner.active}
+            points = {lay.name: _points(planner, lay, curves[lay.name], weight[lay.name]) for lay in planner.active}
+            hulls = {n: lower_hull([(_cost(size, metrics, base), d, key) for key, size, d in pts])
+                     for n, pts in points.items()}
             steps = {t for h in hulls.values() for t in h.breakpoints}
             def rank(n: str, t: float) -> list[int] | None:
                 key = hulls[n].choose(t)
                 return None if key is None else list(key)
 
-            return Family("t", _midpoints(steps), rank)
+            return Family("t", _midpoints(steps), rank, exact=LwiqExact(points))
 
         fam = for_budget(Budget(params=1.0))
         fam.for_budget = for_budget
@@ -144,18 +151,47 @@ class LwiqAllocator(Allocator):
         return fam, {n: scores[n] for n in planner.caps if n in scores}, info
 
 
-def _hull(planner: Planner, lay: Layer, curve, weight: float, metrics: list[str], base: dict) -> Hull:
-    """Lower hull of a layer's valid measured candidates and its dense form (key: ranks tuple, or None: dense)."""
-    def cost(size: dict) -> float:
-        return sum(size[m] / base[m] for m in metrics) if metrics else size["params"] / base["params"]
-
-    dense = {"params": lay.params, "macs": lay.macs or 0}
-    points: list[tuple[float, float, tuple | None]] = [(cost(dense), 0.0, None)]
+def _points(planner: Planner, lay: Layer, curve, weight: float) -> list[tuple[tuple | None, dict, float]]:
+    """A layer's valid measured candidates and its dense form: (key: ranks tuple or None, size, w_l d_l)."""
+    points: list[tuple[tuple | None, dict, float]] = [(None, {"params": lay.params, "macs": lay.macs or 0}, 0.0)]
     for p in curve.points:
         lp = planner.layer(lay, p.ranks)
         if lp.action == "compress":
-            points.append((cost(planner.size([lp])), weight * p.drop, tuple(p.ranks)))
-    return lower_hull(points)
+            points.append((tuple(p.ranks), planner.size([lp]), weight * p.drop))
+    return points
+
+
+def _cost(size: dict, metrics: list[str], base: dict) -> float:
+    """``c_l(r)``: the budgeted metrics' sizes as fractions of the compressible totals (params if none)."""
+    return sum(size[m] / base[m] for m in metrics) if metrics else size["params"] / base["params"]
+
+
+@dataclass
+class LwiqExact:
+    """``budget.ExactSolver`` over every measured candidate (not only hull vertices): least summed
+    ``w_l d_l(r)`` within the budget, by ``ttcompile.knapsack``."""
+
+    points: dict[str, list[tuple[tuple | None, dict, float]]]
+
+    def solve(self, targets: dict[str, float]) -> dict[str, list[int] | None] | None:
+        metrics = list(targets)
+        groups = [[(tuple(float(size[m]) for m in metrics), d) for _, size, d in pts] for pts in self.points.values()]
+        choice = knapsack.solve(groups, tuple(float(targets[m]) for m in metrics))
+        if choice is None:
+            return None
+        keys = [pts[i][0] for pts, i in zip(self.points.values(), choice)]
+        return {n: None if k is None else list(k) for n, k in zip(self.points, keys)}
+
+    def damage(self, ranks: dict[str, list[int] | None]) -> float | None:
+        total = 0.0
+        for n, pts in self.points.items():
+            key = ranks.get(n)
+            key = None if key is None else tuple(key)
+            found = [d for k, _, d in pts if k == key]
+            if not found:
+                return None
+            total += found[0]
+        return total
 
 
 def uniform_table(planner: Planner) -> dict[str, tuple[list[float], list[list[int]]]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ttcompile.errors import UserError
 from ttcompile.layers import Layer
@@ -88,6 +89,16 @@ class Family:
     values: list[float]
     rank: Callable[[str, float], list[int] | None]
     for_budget: Callable[[Budget], Family] | None = None
+    exact: ExactSolver | None = None
+
+
+class ExactSolver(Protocol):
+    """Where the family's candidates carry a damage (LWIQ): the least-damage ranks within absolute size
+    ``targets`` (None: nothing fits), and the damage of given ranks (None: not a measured candidate)."""
+
+    def solve(self, targets: dict[str, float]) -> dict[str, list[int] | None] | None: ...
+
+    def damage(self, ranks: dict[str, list[int] | None]) -> float | None: ...
 
 
 class Planner:
@@ -291,7 +302,8 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
     overshoots only because it switched a layer to merged cores (more params) is retried with those
     layers in their plain realization (``Planner.plain``). Phase 3 (``grow_bonds``) then grows single
     bonds one rank step at a time into what is left. Phases 2 and 3 only spend the slack that rank
-    granularity left after phase 1.
+    granularity left after phase 1. Where the family has an ``exact`` solver (LWIQ), its least-damage
+    ranks within the budget replace phase 1's plan when they fit and damage less, and phase 2 is skipped.
     """
     base = planner.base()
     targets = budget.targets(base)
@@ -325,8 +337,11 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
             hi = mid
     knob_only = best[1]
     current, frozen = capped.ranks(lo), set()
+    exact = _exact_step(family.exact, targets, fits, current) if family.exact else None
+    if exact and exact["used"]:
+        best = exact.pop("best")
     override: dict[str, LayerPlan] = {}  # layers taken in the plain realization instead of the realized one
-    moving = [n for n, limit in capped.limits.items() if limit > lo]  # layers that may still change
+    moving = [] if exact and exact["used"] else [n for n, limit in capped.limits.items() if limit > lo]
     for i in range(lo + 1, len(family.values)):
         moving = [n for n in moving if n not in frozen and capped.limits[n] >= i]
         if not moving:
@@ -364,4 +379,27 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
         "evaluations": planner.evaluations - evaluations,
         "candidates": len(family.values),
     }
+    if exact:
+        report["exact"] = exact
     return Solution(plans, family.knob, family.values[lo], report)
+
+
+EXACT_SHRINK = (1.0, 0.998, 0.99, 0.97)  # capacity fractions tried (the knapsack rounds costs to its grid)
+
+
+def _exact_step(solver: ExactSolver, targets: dict[str, float], fits, knob_ranks: dict) -> dict:
+    """Replace the knob's plan by the solver's least-damage ranks when they fit and damage less.
+    Returns a report: damages of both, the layers that changed, and (when used) ``best`` = (plans, size)."""
+    knob_damage = solver.damage(knob_ranks)
+    for shrink in EXACT_SHRINK:
+        ranks = solver.solve({m: t * shrink for m, t in targets.items()})
+        if ranks is None:
+            continue
+        ok, plans, size = fits(ranks)
+        if ok:
+            damage = solver.damage(ranks)
+            used = knob_damage is None or damage < knob_damage - 1e-12
+            out = {"used": used, "damage": damage, "knob_damage": knob_damage, "capacity_fraction": shrink,
+                   "changed": sorted(n for n in ranks if ranks[n] != knob_ranks.get(n)) if used else []}
+            return {**out, "best": (plans, size)} if used else out
+    return {"used": False, "damage": None, "knob_damage": knob_damage, "capacity_fraction": None, "changed": []}

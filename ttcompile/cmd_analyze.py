@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ttcompile.argtypes import batch_int, float_in
+from ttcompile.argtypes import batch_int, float_in, int_in
 from ttcompile.cli_options import parse_mode_overrides
 from ttcompile.lwiq import analyze
 from ttcompile.paths import check_outputs
-from ttcompile.sensitivity import READOUTS
+from ttcompile.sensitivity import CURVE_SAMPLES, READOUTS
 from ttcompile.shapes import parse_input_shapes
 from ttcompile.tables import align, count
 
@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classes for k-means pseudo-labels when the model output is no class score (default 10)")
     p.add_argument("--readout", choices=READOUTS, default="next",
                    help="classify a layer's rank candidates at the next layer's probe (default) or its own")
+    p.add_argument("--curve-samples", type=int_in(1, 1 << 20), default=CURVE_SAMPLES,
+                   help=f"held-out samples each rank candidate is judged on (default {CURVE_SAMPLES})")
     p.add_argument("--input-shape", action="append", metavar="NAME=DxD..", help="fix dynamic input dims")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     formats = [f for f in args.format.split(",") if f]
     a = analyze(args.model, args.calib, formats=formats, modes=parse_mode_overrides(args.modes), batch=args.batch,
                 holdout=args.holdout, seed=args.seed, input_shapes=parse_input_shapes(args.input_shape),
-                pseudo_classes=args.pseudo_classes, readout=args.readout, progress=not args.quiet)
+                pseudo_classes=args.pseudo_classes, readout=args.readout, curve_samples=args.curve_samples,
+                progress=not args.quiet)
     a.save(args.output)
     c = a.calibration
     headers = ["layer", "kind", "params", "MACs", "probe (after)", "D", "acc", "acc prev", "gain", "score"]
