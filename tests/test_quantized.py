@@ -7,11 +7,13 @@ import re
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from ttcompile.cli import main
 from ttcompile.graph import load_model
 from ttcompile.layers import dense_weight, find_layers
+from ttcompile.runtime import make_session
 
 from graphs import conv_model, mlp_model
 
@@ -85,17 +87,40 @@ def test_layers_are_found_with_their_dequantized_weights(quantized):
         assert np.abs(w - w_float).max() <= np.abs(w_float).max() / 100  # int8 steps of the float weight
 
 
+def _output_levels(original, compressed) -> tuple[float, float]:
+    """QDQ models re-quantize their output: (largest output difference in steps of the output's scale,
+    fraction of output elements that differ) on calibration-like inputs.
+
+    The original runs with ORT's graph optimizations off, i.e. as the QDQ graph is written: ORT 1.32 fuses
+    DequantizeLinear -> Gemm/MatMul/Conv -> QuantizeLinear into integer kernels whose requantization differs
+    from the graph's own float arithmetic (the MLP here: 54 % of the outputs off by up to 7 levels, 2.5e-2
+    relative), and the float chains reproduce the graph, not that kernel."""
+    model = onnx.load(original)
+    out = model.graph.output[0].name
+    dq = next(n for n in model.graph.node if out in n.output)
+    step = float(onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == dq.input[1])))
+    inp = model.graph.input[0]
+    shape = [d.dim_value or 16 for d in inp.type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ya = ort.InferenceSession(str(original), plain, providers=["CPUExecutionProvider"]).run(None, {inp.name: x})[0]
+    yb = make_session(onnx.load(compressed).SerializeToString()).run(None, {inp.name: x})[0]
+    return float(np.abs(ya - yb).max() / step), float(np.mean(ya != yb))
+
+
 def test_full_rank_chains_reproduce_the_quantized_model(quantized, tmp_path, capsys):
     src, dst, scheme = quantized
     for fmt in FORMATS:
-        error, printed = _compress(dst, tmp_path / f"{fmt}.onnx", fmt, "--rank", "4096", "--force", capsys=capsys)
+        out = tmp_path / f"{fmt}.onnx"
+        error, printed = _compress(dst, out, fmt, "--rank", "4096", "--force", capsys=capsys)
         assert "their chains are float32" in printed
-        limit = 2e-3 if fmt == "cp" else 1e-4  # cp's cap is approximate
-        if scheme == "qdq":  # the output is re-quantized: a float32 rounding difference at a tie flips a level
-            limit += 5e-3
-        # dynamic: the chain reads the activation as the integer op saw it (DequantizeLinear of its quantization)
-        assert error < limit, (fmt, error)
-        ops = {n.op_type for n in onnx.load(tmp_path / f"{fmt}.onnx").graph.node}
+        if scheme == "qdq":  # the re-quantized output: a float32 rounding difference at a tie flips one level
+            steps, flipped = _output_levels(dst, out)
+            assert steps <= 1.0 + 1e-6 and flipped <= (0.05 if fmt == "cp" else 0.02), (fmt, steps, flipped)
+        else:  # the chain reads the activation as the integer op saw it (DequantizeLinear of its quantization)
+            assert error < (2e-3 if fmt == "cp" else 1e-4), (fmt, error)  # cp's cap is approximate
+        ops = {n.op_type for n in onnx.load(out).graph.node}
         assert not ops & {"MatMulInteger", "ConvInteger"}, fmt
 
 
