@@ -17,8 +17,8 @@ thresholded probability map for the detector, and the relative error of the firs
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/real_recovery.py [--models a,b] [--formats tt]
 
-Rows go to ``benchmarks/results/real_recovery.json`` as they finish (an interrupted run resumes); the
-table ``real_recovery.md`` is rewritten after each row.
+Rows go to ``benchmarks/results/real_recovery.json`` as they finish (an interrupted run resumes, failed
+rows are tried again); the table ``real_recovery.md`` is rewritten after each row.
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     store = out.with_suffix(".json")
-    done = {r["key"]: r for r in json.loads(store.read_text())["rows"]} if store.exists() else {}
+    rows = json.loads(store.read_text())["rows"] if store.exists() else []
+    done = {r["key"]: r for r in rows if r["exit"] == 0}  # failed rows are tried again
     command = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python " + shlex.join(["benchmarks/real_recovery.py",
                                                                                *(argv or sys.argv[1:])])
 

@@ -132,3 +132,19 @@ def test_known_original_moments_are_the_cross_pass_oo(tmp_path):
         np.testing.assert_allclose(reused[name].oo, m.oo, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(reused[name].co, m.co, rtol=1e-12)
     assert not np.allclose(summed["fc"].cc, summed["fc"].oo, rtol=1e-3)  # the compressed upstream differs
+
+
+def test_calibration_samples_fill_dynamic_input_dims(tmp_path):
+    """A model input (N, 3, H, W) takes samples of any H, W (the OCR models in wheels have such inputs); a wrong
+    channel count is refused with the file's name."""
+    from tests.graphs import conv_model
+    from ttcompile.calibrated import calibration_inputs
+    from ttcompile.errors import UserError
+
+    proto = conv_model(c_in=3, c_out=4, spatial=("H", "W"))
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    np.savez(good, x=np.zeros((5, 3, 12, 10), np.float32))
+    np.savez(bad, x=np.zeros((5, 4, 12, 10), np.float32))
+    assert calibration_inputs(str(good), proto).shape == (5, 3, 12, 10)
+    with pytest.raises(UserError, match="bad.npz"):
+        calibration_inputs(str(bad), proto)

@@ -52,7 +52,8 @@ def calibration_inputs(spec: str, proto: onnx.ModelProto, samples: int | None = 
     inp = model_input(proto)
     x = load_dataset(spec).x[:samples]
     want = inp.dims[1:]
-    if tuple(x.shape[1:]) != tuple(want):
+    fits = len(want) == x.ndim - 1 and all(w is None or w == d for w, d in zip(want, x.shape[1:]))
+    if not fits:  # dynamic dims take the samples' sizes; a flat sample of the right size is reshaped
         if None in want or prod(x.shape[1:]) != prod(want):
             raise UserError(f"{spec}: samples have shape {x.shape[1:]}, the model input {inp.name!r} expects "
                             f"{tuple('?' if w is None else w for w in want)}")
