@@ -85,7 +85,7 @@ def markdown(doc: dict) -> str:
         f"The ort environment has no torch: `{torch_check['command']}` exits {torch_check['rc']}: "
         f"`{torch_check['last_line']}`.", "",
         "Versions: " + "; ".join(f"{k}: {v}" for k, v in doc["versions"].items()), "",
-        "Commands (run from the repository root; STUDENT and TRAIN are written to a temporary directory):", "",
+        "Commands (run from the repository root; STUDENT, TRAIN and the outputs are in a temporary directory TMP):", "",
         *[f"- {r['backend']}: `{r['command']}`" for r in doc["rows"]], ""])
 
 
@@ -110,7 +110,8 @@ def main() -> int:
             if result["rc"]:
                 print("\n".join(result["output"]), file=sys.stderr)
                 return 1
-            shown = shlex.join(cmd).replace(str(student), "STUDENT").replace(str(data), "TRAIN")
+            shown = (shlex.join(cmd).replace(str(student), "STUDENT").replace(str(data), "TRAIN")
+                     .replace(str(work), "TMP"))
             val = next((line.split("val accuracy ")[1].split()[0] for line in result["output"]
                         if line.startswith("epoch 1/1")), "-")
             rows.append({"backend": backend, "python": python, "command": shown, "val_acc": val,
