@@ -53,11 +53,13 @@ def run_child(cmd: list[str], env: dict[str, str], log: Path) -> dict:
     """Run ``cmd`` under ``/usr/bin/time`` (a small parent: a child forked from this process would report
     this process's RSS as its peak); its wall time, peak RSS (MiB) and exit code."""
     stats = log.with_suffix(".time")
+    load_before = os.getloadavg()[0]
     with log.open("wb") as out:
         rc = subprocess.run(["/usr/bin/time", "-f", "%M %e", "-o", str(stats), *cmd], stdout=out,
                             stderr=subprocess.STDOUT, env=env).returncode
     rss_kib, wall = stats.read_text().split()[-2:]
     return {"wall_s": float(wall), "peak_rss_mib": round(int(rss_kib) / 1024, 1), "rc": rc,
+            "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "output": log.read_text().strip().splitlines()[-4:]}
 
 
@@ -68,7 +70,7 @@ def probe(python: str, code: str) -> tuple[int, str]:
 
 def markdown(doc: dict) -> str:
     rows = [[r["backend"], r["python"], f"{100 * r['test_acc']:.2f}", f"{r['wall_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
-             f"{r['val_acc']}"] for r in doc["rows"]]
+             f"{r['val_acc']}", " -> ".join(map(str, r["load_avg_1min"]))] for r in doc["rows"]]
     torch_check = doc["ort_torch_import"]
     return "\n".join([
         "# Fine-tuning backends: torch vs onnxruntime-training", "",
@@ -80,8 +82,10 @@ def markdown(doc: dict) -> str:
         "before and after the epoch; test accuracy = ONNX Runtime on the 10k MNIST test set from the written "
         "file. Wall time and peak RSS are the whole child process (data loading, teacher inference, "
         "artifact generation, training, validation, writing). 1 thread (OMP/OPENBLAS/MKL_NUM_THREADS=1, "
-        "--threads 1) on a 2-core machine shared with other jobs: wall times include contention.", "",
-        *align(["backend", "environment", "test acc (%)", "wall (s)", "peak RSS (MiB)", "val acc after"], rows), "",
+        "--threads 1) on a 2-core machine shared with other jobs (its 1-minute load average at the start and end "
+        "of each run is in the table): wall times include that contention.", "",
+        *align(["backend", "environment", "test acc (%)", "wall (s)", "peak RSS (MiB)", "val acc after",
+                "load avg (start -> end)"], rows), "",
         f"The ort environment has no torch: `{torch_check['command']}` exits {torch_check['rc']}: "
         f"`{torch_check['last_line']}`.", "",
         "Versions: " + "; ".join(f"{k}: {v}" for k, v in doc["versions"].items()), "",

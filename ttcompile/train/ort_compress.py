@@ -37,6 +37,6 @@ def compress_and_finetune(model: ir.Model, plan: Plan, train: Dataset, val: Data
         return results, student, None
     tuned, history = finetune_ort(student, teacher, train, val, epochs=epochs, progress=progress,
                                   on_epoch=on_epoch, **options)
-    plan.settings["finetune"] = {"backend": "ort", "epochs": epochs, **options,
-                                 "best_epoch": history.best_epoch}
+    plan.settings["finetune"] = {"backend": "ort", "epochs": epochs, "best_epoch": history.best_epoch,
+                                 **{k: v for k, v in options.items() if k != "threads"}}
     return results, tuned, history

@@ -91,14 +91,17 @@ def _trainable(student: onnx.ModelProto) -> list[str]:
 class _Run:
     """One fine-tuning run: the ORT module/optimizer over ``state`` and the data."""
 
-    def __init__(self, student: onnx.ModelProto, state, training: Path, optimizer: Path, data: Data,
-                 settings: Settings, total_steps: int, threads: int | None):
-        self.student, self.state, self.data, self.settings = student, state, data, settings
+    def __init__(self, student: onnx.ModelProto, names: list[str], state, training: Path, optimizer: Path,
+                 data: Data, settings: Settings, total_steps: int, threads: int | None):
+        self.student, self.names, self.state, self.data, self.settings = student, names, state, data, settings
         self.total_steps, self.threads = total_steps, threads
-        self.names = _trainable(student)
         self.module = ORT.api.Module(str(training), state, None, "cpu", _session_options(threads))
         self.optimizer = ORT.api.Optimizer(str(optimizer), self.module)
         self.inputs = self.module.input_names()
+
+    def save_state(self, path: Path) -> None:
+        """ORT's CheckpointState (parameters, optimizer moments and step) to ``path``."""
+        ORT.api.CheckpointState.save_checkpoint(self.state, str(path), include_optimizer_state=True)
 
     def weights(self) -> Weights:
         return {name: self.state.parameters[name].data.copy() for name in self.names}
@@ -162,7 +165,8 @@ def finetune_ort(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Data
         artifacts = generate(student, names, loss, optimizer, weight_decay, Path(tmp))
         state = ORT.api.CheckpointState.load_checkpoint(str(artifacts.checkpoint if saved is None
                                                             else saved.ort_state))
-        run = _Run(student, state, artifacts.training, artifacts.optimizer, data, settings, epochs * steps, threads)
+        run = _Run(student, names, state, artifacts.training, artifacts.optimizer, data, settings, epochs * steps,
+                   threads)
         best, best_val, start = {}, None, 0
         if saved is None:
             history.initial_val = run.score()
@@ -182,6 +186,5 @@ def finetune_ort(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Data
                 best, best_val, history.best_epoch = run.weights(), stats.val, epoch
             if checkpoint is not None:
                 meta = {"epoch": epoch, "history": dataclasses.asdict(history), "best_val": best_val}
-                ort_checkpoints.save(Path(checkpoint), digest, meta, best, lambda path: ORT.api.CheckpointState
-                                     .save_checkpoint(state, str(path), include_optimizer_state=True))
+                ort_checkpoints.save(Path(checkpoint), digest, meta, best, run.save_state)
     return write_back(student, best or run.weights()), history
