@@ -243,3 +243,16 @@ def test_backend_torch_without_torch_is_one_line(tmp_path: Path, capsys):
     assert main(finetune_args(files, tmp_path / "tuned.onnx", "--backend", "torch")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "[train]" in err and "torch" in err
+
+
+def test_non_finite_loss_and_sgd_weight_decay_are_refused(task):
+    teacher, student, train, _ = task
+    broken = onnx.ModelProto()
+    broken.CopyFrom(student)
+    w = numpy_helper.to_array(broken.graph.initializer[0]).copy()
+    w.flat[0] = np.nan
+    broken.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, broken.graph.initializer[0].name))
+    with pytest.raises(UserError, match="non-finite"):
+        finetune_ort(broken, teacher, train, None, epochs=1, **FAST)
+    with pytest.raises(UserError, match="weight decay needs the adamw"):
+        finetune_ort(student, teacher, train, None, epochs=1, optimizer="sgd", weight_decay=0.1, **FAST)
