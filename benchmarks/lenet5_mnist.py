@@ -55,6 +55,11 @@ def test_accuracy(model: onnx.ModelProto, threads: int) -> float:
     return float((pred == data.y).mean())
 
 
+def uniform_plan(ir_model, rank: int) -> Plan:
+    """Every layer TR at uniform ``rank`` (clipped to the TR-SVD caps), forced, more MACs allowed."""
+    return make_plan(find_layers(ir_model), "tr", model_path=MODEL, rank=rank, force=True, allow_more_macs=True)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -68,8 +73,7 @@ class Bench:
         self.rows: dict[str, dict] = saved["rows"] if saved.get("model_sha256") == self.sha else {}
 
     def uniform_plan(self, rank: int) -> Plan:
-        return make_plan(find_layers(self.ir_model), "tr", model_path=MODEL, rank=rank, force=True,
-                         allow_more_macs=True)
+        return uniform_plan(self.ir_model, rank)
 
     def lwiq_plan(self, params: int) -> Plan:
         """LWIQ plan whose whole model has ``params`` parameters (the budget counts the layers only)."""

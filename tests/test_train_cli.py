@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
@@ -13,27 +12,12 @@ pytest.importorskip("torch")
 
 from ttcompile.cli import main  # noqa: E402
 
-from train_helpers import mlp, perturbed, run_ort  # noqa: E402
+from train_helpers import finetune_args, finetune_files  # noqa: E402
 
 
 @pytest.fixture()
 def files(tmp_path: Path) -> dict[str, Path]:
-    rng = np.random.default_rng(3)
-    teacher = mlp(rng, (8, 32, 4))
-    x = rng.standard_normal((500, 8)).astype(np.float32)
-    y = run_ort(teacher, {"x": x})[0].argmax(1)
-    paths = {name: tmp_path / name for name in ("teacher.onnx", "student.onnx", "train.npz", "val.npz")}
-    onnx.save(teacher, paths["teacher.onnx"])
-    onnx.save(perturbed(teacher, rng), paths["student.onnx"])
-    np.savez(paths["train.npz"], x=x[:400], y=y[:400])
-    np.savez(paths["val.npz"], x=x[400:])  # no labels: agreement with the teacher
-    return paths
-
-
-def finetune_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["finetune", str(files["student.onnx"]), "--teacher", str(files["teacher.onnx"]),
-            "--train", str(files["train.npz"]), "--val", str(files["val.npz"]), "-o", str(out),
-            "--lr", "0.01", "--batch-size", "50", "--threads", "1", "--quiet", *extra]
+    return finetune_files(tmp_path)
 
 
 def test_finetune_writes_a_valid_model_and_reports_epochs(files, tmp_path, capsys):
@@ -71,3 +55,19 @@ def test_bad_input_is_a_one_line_error(files, tmp_path, capsys, change, message)
     err = capsys.readouterr().err.strip()
     assert err.startswith("ttcompile finetune: error:") and len(err.splitlines()) == 1
     assert re.search(message, err)
+
+
+def test_backend_ort_without_onnxruntime_training_is_one_line(files, tmp_path, capsys):
+    from ttcompile.errors import UserError
+    from ttcompile.train.ort_api import load
+
+    try:
+        load()
+        pytest.skip("onnxruntime-training is installed here; the missing-package message is not reachable")
+    except UserError:
+        pass
+    out = tmp_path / "tuned.onnx"
+    assert main(finetune_args(files, out, "--backend", "ort")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "[ort-training]" in err and "--backend ort" in err
+    assert not out.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -63,3 +65,24 @@ def perturbed(model: onnx.ModelProto, rng: np.random.Generator, noise: float = 0
         w = numpy_helper.to_array(init)
         init.CopyFrom(numpy_helper.from_array((w + rng.normal(0, noise, w.shape)).astype(np.float32), init.name))
     return out
+
+
+def finetune_files(tmp_path: Path) -> dict[str, Path]:
+    """Teacher MLP 8-32-4, a noisy student, 400 labelled train samples and 100 unlabelled val ones, on disk."""
+    rng = np.random.default_rng(3)
+    teacher = mlp(rng, (8, 32, 4))
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    y = run_ort(teacher, {"x": x})[0].argmax(1)
+    paths = {name: tmp_path / name for name in ("teacher.onnx", "student.onnx", "train.npz", "val.npz")}
+    onnx.save(teacher, paths["teacher.onnx"])
+    onnx.save(perturbed(teacher, rng), paths["student.onnx"])
+    np.savez(paths["train.npz"], x=x[:400], y=y[:400])
+    np.savez(paths["val.npz"], x=x[400:])  # no labels: agreement with the teacher
+    return paths
+
+
+def finetune_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """``ttcompile finetune`` arguments on ``finetune_files``: fast settings, one thread, no bars."""
+    return ["finetune", str(files["student.onnx"]), "--teacher", str(files["teacher.onnx"]),
+            "--train", str(files["train.npz"]), "--val", str(files["val.npz"]), "-o", str(out),
+            "--lr", "0.01", "--batch-size", "50", "--threads", "1", "--quiet", *extra]

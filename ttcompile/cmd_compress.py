@@ -63,6 +63,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rho", type=float, default=1e-3, help="ADMM penalty (default 1e-3)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 0)")
     g.add_argument("--threads", type=threads_int, default=1, help="torch/ORT threads while training (default 1)")
+    g.add_argument("--backend", choices=["torch", "ort"], default="torch",
+                   help="torch: core-space training (the [train] extra); ort: fine-tune the compressed graph "
+                        "with onnxruntime-training (the [ort-training] extra, no torch; no --rank-select)")
 
 
 def plan_path(output: str | Path) -> Path:
@@ -102,7 +105,12 @@ def compress_model(args: argparse.Namespace):
         check_plan_layers(plan, find_layers(model, parse_input_shapes(args.input_shape)))
     else:
         model, plan = build_plan(args)
+    if args.train and args.backend == "ort":
+        return _train_with_ort(args, model, plan)
     if args.train:
+        from ttcompile.train.backends import require_torch
+
+        require_torch()
         from ttcompile.rank_select import train_compressed
 
         return train_compressed(args, model, plan)
@@ -110,6 +118,28 @@ def compress_model(args: argparse.Namespace):
         raise UserError("--rank-select needs training data (--train)")
     model, cores, transform = calibrated.prepare(args, model, plan)
     results, proto = compress_in_memory(model, plan, progress=not args.quiet, cores=cores, transform=transform)
+    return plan, results, proto
+
+
+def _train_with_ort(args: argparse.Namespace, model: ir.Model, plan: Plan):
+    """``--train --backend ort``: the plan's cores, then fine-tuning of the compressed graph (no torch)."""
+    from ttcompile.cmd_finetune import epoch_printer
+    from ttcompile.models.data import load_dataset
+    from ttcompile.train.backends import require
+
+    if args.rank_select:
+        raise UserError(f"--rank-select {args.rank_select} is torch-only; use --backend torch")
+    require("ort")
+    from ttcompile.train.ort_compress import compress_and_finetune
+
+    check_some_compressed(plan)
+    val = load_dataset(args.val) if args.val else None
+    metric = "accuracy" if val is not None and val.y is not None else "agreement"
+    results, proto, _ = compress_and_finetune(
+        model, plan, load_dataset(args.train), val, epochs=args.finetune_epochs, progress=not args.quiet,
+        on_epoch=epoch_printer(args.finetune_epochs, metric), lr=args.lr, threads=args.threads or None)
+    check_some_rewritten(plan, results)
+    check_model(proto)
     return plan, results, proto
 
 

@@ -29,26 +29,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="PATH", help="saved after every epoch (default: OUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.add_argument("--threads", type=threads_int, default=0, help="torch and ORT threads (0: their defaults)")
+    p.add_argument("--backend", choices=["torch", "ort"], default="torch",
+                   help="torch (the [train] extra) or onnxruntime-training (the [ort-training] extra, no torch)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _epoch_printer(epochs: int, metric: str):
-    """A training hook printing one line per finished epoch (torch is imported only here)."""
-    from ttcompile.train.hooks import TrainHook
+def epoch_printer(epochs: int, metric: str):
+    """``on_epoch`` callback printing one line per finished epoch."""
 
-    class EpochPrinter(TrainHook):
-        def on_epoch_end(self, module, stats) -> None:
-            val = "" if stats.val is None else f"  val {metric} {stats.val:.4f}"
-            print(f"epoch {stats.epoch}/{epochs}  loss {stats.loss:.4f}{val}  lr {stats.lr:.2e}  "
-                  f"{stats.seconds:.1f}s", flush=True)
+    def show(stats) -> None:
+        val = "" if stats.val is None else f"  val {metric} {stats.val:.4f}"
+        print(f"epoch {stats.epoch}/{epochs}  loss {stats.loss:.4f}{val}  lr {stats.lr:.2e}  "
+              f"{stats.seconds:.1f}s", flush=True)
 
-    return EpochPrinter()
+    return show
 
 
 def run(args: argparse.Namespace) -> int:
     from ttcompile.models.data import load_dataset
-    from ttcompile.train.finetune import finetune
+    from ttcompile.train.backends import finetune, require
 
+    require(args.backend)
     src, out = Path(args.model), Path(args.output)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     inputs = [("MODEL", src), ("--teacher", args.teacher), ("--train", args.train), ("--val", args.val)]
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         student, teacher, train, val, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         temperature=args.temperature, kd_weight=args.kd_weight, weight_decay=args.weight_decay,
         seed=args.seed, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet,
-        hooks=[_epoch_printer(args.epochs, metric)], threads=args.threads or None)
+        on_epoch=epoch_printer(args.epochs, metric), threads=args.threads or None, backend=args.backend)
     check_model(model)
     save_model(model, out)
     if history.metric is not None:

@@ -21,19 +21,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from math import ceil
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
 from ttcompile.compress import apply_plan
-from ttcompile.data_aware import Objective, Target, is_two_factor, output_error, refine, whitened_init
 from ttcompile.features import ModelInput
 from ttcompile.graph import const_array, to_proto
 from ttcompile.layers import Layer, dense_weight, find_node
 from ttcompile.moments import Moments, accumulate
 from ttcompile.passes.base import get_format
 from ttcompile.plan import LayerPlan, Plan
+from ttcompile.train.backends import require_torch
+
+if TYPE_CHECKING:  # data_aware needs torch: imported where used, so that compress loads without it
+    from ttcompile.data_aware import Target
 
 MAX_PASSES = 12  # sequential recovery: at most this many (original + compressed) pass pairs
 INIT_STEPS = 50  # L-BFGS iterations refining a data-aware init
@@ -80,6 +84,9 @@ def initial_states(model: ir.Model, plan: Plan, moments: dict[str, Moments] | No
                    steps: int = INIT_STEPS, progress: bool = True) -> dict[str, LayerState]:
     """Weight-decomposed cores per layer; with ``data_init`` also the data-aware ones (``whitened_init``
     where a closed form exists, then ``refine``), keeping whichever has the lower calibration output error."""
+    require_torch("compression from calibration data (--calib)")
+    from ttcompile.data_aware import Objective, Target, is_two_factor, output_error, refine, whitened_init
+
     states = {}
     todo = compressed_plans(plan)
     for lp in tqdm(todo, desc="data-aware init" if data_init else "init", unit="layer", disable=not progress):
@@ -129,6 +136,8 @@ def compressed_model(model: ir.Model, plan: Plan, states: dict[str, LayerState])
 
 
 def _fit(st: LayerState, m: Moments, steps: int) -> None:
+    from ttcompile.data_aware import Objective, refine
+
     lp = st.lp
     objective = Objective(st.target, m)
     st.cores, st.bias, before, after = refine(get_format(lp.format), lp.layer, lp.modes, st.cores, st.bias,

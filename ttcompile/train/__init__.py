@@ -1,8 +1,2 @@
-"""Trainers: run ONNX graphs with torch to fine-tune their initializers (needs the ``[train]`` extra)."""
-
-from ttcompile.errors import UserError
-
-try:
-    import torch  # noqa: F401
-except ImportError as exc:
-    raise UserError("fine-tuning needs torch: install ttcompile with pip install 'ttcompile[train]'") from exc
+"""Trainers: fine-tune the initializers of ONNX graphs, with torch (the ``[train]`` extra) or with
+onnxruntime-training (the ``[ort-training]`` extra); ``ttcompile.train.backends`` chooses between them."""

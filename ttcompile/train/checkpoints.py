@@ -1,21 +1,18 @@
 """Fine-tuning checkpoints: atomic save, checked load, and in-memory snapshots of module + hooks.
 
-A checkpoint is a ``torch.save`` dict with ``format``, ``fingerprint`` (what it may be resumed with)
-and the caller's state; it is loaded with ``weights_only=True``, so it holds only tensors and plain
+A checkpoint is a ``torch.save`` dict with ``format``, ``fingerprint`` (``common.fingerprint``: what it
+may be resumed with) and the caller's state; it is loaded with ``weights_only=True``, so it holds only tensors and plain
 Python values.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-import onnx
 import torch
 
 from ttcompile.atomic import write_bytes_atomic
@@ -23,23 +20,7 @@ from ttcompile.errors import UserError
 from ttcompile.train.executor import OnnxModule
 from ttcompile.train.hooks import TrainHook
 
-if TYPE_CHECKING:
-    from ttcompile.models.data import Dataset
-
 FORMAT = "ttcompile-finetune-1"
-
-
-def fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None,
-                settings: str, hooks: Sequence[TrainHook]) -> str:
-    """Digest of what a run depends on: both models, the data, ``settings`` and the hook types."""
-    h = hashlib.sha256()
-    for model in (student, teacher):
-        h.update(model.SerializeToString(deterministic=True))
-    for data in (train, val):
-        for array in (None, None) if data is None else (data.x, data.y):
-            h.update(b"-" if array is None else np.ascontiguousarray(array).data)
-    h.update(repr((settings, [type(hook).__qualname__ for hook in hooks])).encode())
-    return h.hexdigest()
 
 
 def snapshot(module: OnnxModule, hooks: Sequence[TrainHook]) -> dict[str, Any]:

@@ -19,12 +19,9 @@ from onnx import numpy_helper
 from torch import nn
 
 from ttcompile.errors import UserError
+from ttcompile.train.common import FROZEN_SLOTS
 from ttcompile.train.ops import OPS, Node, OpFn
 
-# Float initializers in these input slots are statistics, hyper-parameters or input normalisation
-# constants (x - mean) / std, never trained.
-FROZEN_SLOTS: dict[str, tuple[int, ...]] = {"BatchNormalization": (3, 4), "Pow": (1,), "Clip": (1, 2),
-                                            "Pad": (2,), "Sub": (1,), "Div": (1,)}
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
