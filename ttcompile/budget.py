@@ -1,4 +1,4 @@
-"""Budgets (``params=0.1``, ``macs=0.5``, both, or absolute counts) and the one-knob solver.
+"""Budgets (``params=0.1``, ``macs=0.5``, ``latency=0.5``, any mix, or absolute counts) and the one-knob solver.
 
 Every allocator reduces rank selection to a one-parameter family of per-layer rank choices, ordered
 from the most to the least compressed (LWIQ's alpha, the uniform ratio, the energy threshold, the
@@ -11,6 +11,14 @@ The bisection keeps the invariant "candidate ``lo`` fits, ``hi`` does not", so t
 always fits even where a realization change makes the size slightly non-monotone in the knob.
 Unless ``allow_more_macs``, a layer never gets more MACs than dense: its ranks stop growing at its
 MAC limit (``MacCapped``) and a rewrite that would still need more MACs is left dense (``layer_plan``).
+
+Latency (``ttcompile.latency``): ``latency=F`` is a fraction of the *whole* original model's latency measured
+at ``--batch``/``--threads``/``--provider`` (F > 1: milliseconds); a plan's latency is predicted as
+``T_model - sum over compressed layers of (dense_l - chain_l)`` from measured one-layer pairs. With a latency
+table the never-slower guard is measured: a chain not faster than its dense form there stays dense (unless
+``--force``), and ``MacCapped`` stops a layer's ranks where they stop being faster. Phase 3 (single-bond
+growth) is skipped with a latency budget: the plan stays on the family's rank grid, which is what gets
+measured (lazily, only where the solver looks).
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ttcompile.errors import UserError
+from ttcompile.latency import LatencyBudget
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format
 from ttcompile.plan import LayerPlan, layer_plan
 
-METRICS = ("params", "macs")
+METRICS = ("params", "macs", "latency")
 
 
 class BudgetInfeasible(UserError):
@@ -32,10 +41,12 @@ class BudgetInfeasible(UserError):
 
 @dataclass(frozen=True)
 class Budget:
-    """Budget per metric: a fraction of the compressible total when <= 1, else an absolute count."""
+    """Budget per metric: a fraction of the compressible total (latency: of the whole model's measured
+    latency) when <= 1, else an absolute count (latency: milliseconds)."""
 
     params: float | None = None
     macs: float | None = None
+    latency: float | None = None
 
     def __str__(self) -> str:
         return ",".join(f"{m}={getattr(self, m):g}" for m in METRICS if getattr(self, m) is not None)
@@ -47,6 +58,8 @@ class Budget:
             v = getattr(self, m)
             if v is None:
                 continue
+            if base[m] is None and m == "latency":
+                raise UserError("a latency budget needs measured latencies (give --budget latency=F to compress)")
             if base[m] is None:
                 raise UserError(f"a {m} budget needs every layer's {m}, and some are unknown "
                                 "(shape inference did not resolve them; try --input-shape)")
@@ -55,7 +68,7 @@ class Budget:
 
 
 def parse_budget(spec: str) -> Budget:
-    """``"params=0.1"``, ``"macs=0.5"``, ``"params=0.1,macs=0.5"``, ``"params=20000"`` -> Budget."""
+    """``"params=0.1"``, ``"macs=0.5"``, ``"latency=0.5"``, ``"params=0.1,macs=0.5"``, ``"params=20000"`` -> Budget."""
     values: dict[str, float] = {}
     for part in spec.replace(" ", "").split(","):
         key, sep, text = part.partition("=")
@@ -64,8 +77,9 @@ def parse_budget(spec: str) -> Budget:
                 raise ValueError
             values[key] = float(text)
         except ValueError:
-            raise UserError(f"--budget {spec!r}: expected params=F and/or macs=F (comma separated), F a fraction "
-                            "in (0, 1] or an absolute count, e.g. params=0.1,macs=0.5") from None
+            raise UserError(f"--budget {spec!r}: expected params=F, macs=F and/or latency=F (comma separated), "
+                            "F a fraction in (0, 1] or an absolute count (latency: ms), e.g. params=0.1,latency=0.5"
+                            ) from None
         if not values[key] > 0:
             raise UserError(f"--budget {spec!r}: {key} must be positive")
     return Budget(**values)
@@ -94,8 +108,8 @@ class Planner:
     """Costs rank choices for one format (cached), splitting layers into budgeted and skipped ones."""
 
     def __init__(self, layers: list[Layer], fmt: Format, modes: dict[str, dict] | None = None,
-                 allow_more_macs: bool = False):
-        self.fmt, self.allow_more_macs = fmt, allow_more_macs
+                 allow_more_macs: bool = False, latency: LatencyBudget | None = None):
+        self.fmt, self.allow_more_macs, self.latency = fmt, allow_more_macs, latency
         self.layers = layers
         self.skipped = {layer.name: layer.skip or fmt.supports(layer) for layer in layers}
         self.active = [layer for layer in layers if not self.skipped[layer.name]]
@@ -107,11 +121,14 @@ class Planner:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self._cache: dict[tuple[str, tuple[int, ...]], LayerPlan] = {}
+        self._guarded: dict[tuple[str, tuple[int, ...]], LayerPlan] = {}
         self._plain: dict[tuple[str, tuple[int, ...]], LayerPlan | None] = {}
         self.evaluations = 0
 
-    def layer(self, layer: Layer, ranks: list[int] | None) -> LayerPlan:
-        """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``)."""
+    def layer(self, layer: Layer, ranks: list[int] | None, measure: bool = True) -> LayerPlan:
+        """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``,
+        then, with a latency table and ``measure``, the measured guard ``_guard``; ``measure=False`` is the
+        cost model alone, for allocators tabulating params/MACs without timing anything)."""
         if ranks is None:
             return LayerPlan(layer, "dense", reason="the allocator keeps it dense")
         ranks = self.fmt.snap_ranks(layer, self.modes[layer.name], ranks)  # e.g. multiples of t for STP
@@ -119,7 +136,30 @@ class Planner:
         if key not in self._cache:
             self._cache[key] = layer_plan(layer, self.fmt, ranks, self.modes[layer.name],
                                           allow_more_macs=self.allow_more_macs)
-        return self._cache[key]
+        if not measure or self.latency is None:
+            return self._cache[key]
+        if key not in self._guarded:
+            self._guarded[key] = self._guard(self._cache[key])
+        return self._guarded[key]
+
+    def _guard(self, lp: LayerPlan) -> LayerPlan:
+        """The measured never-slower rule (with a latency table, unless ``allow_slower``): a chain not faster
+        than its dense form, or not measured (candidate cap reached), stays dense."""
+        if self.latency is None or self.latency.allow_slower or lp.action != "compress":
+            return lp
+        pair, env = self.latency.table.pair(lp), self.latency.table.env
+        if pair is None:
+            return replace(lp, action="dense", reason="latency not measured (the cap of "
+                           f"{self.latency.table.max_candidates} measured candidates per layer is reached)")
+        if not self.latency.faster(pair):
+            return replace(lp, action="dense", reason=f"measured: {lp.format} chain {pair[1]:.4g} ms, dense "
+                           f"{pair[0]:.4g} ms: not faster ({env.provider}, batch {env.batch}, {env.threads} thread(s))")
+        return lp
+
+    def faster(self, layer: Layer, ranks: list[int]) -> bool:
+        """False when the measured guard keeps ``layer`` dense at ``ranks`` (always True without a table)."""
+        lp = self.layer(layer, ranks)
+        return lp.action == "compress" or not (lp.reason or "").startswith(("measured:", "latency not measured"))
 
     def plain(self, layer: Layer, ranks: list[int]) -> LayerPlan | None:
         """Plan at ``ranks`` in the fastest realization storing no more than the plain chain (the format's
@@ -147,7 +187,9 @@ class Planner:
             return None
         if layer.macs is not None and cost.macs > layer.macs and not self.allow_more_macs:
             return None
-        return LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params, cost.macs)
+        lp = self._guard(LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params,
+                                   cost.macs))
+        return lp if lp.action == "compress" else None
 
     def plan(self, ranks: dict[str, list[int] | None]) -> list[LayerPlan]:
         """LayerPlans of all layers in order (skipped ones as ``skip``)."""
@@ -155,18 +197,23 @@ class Planner:
         return [LayerPlan(lay, "skip", reason=self.skipped[lay.name]) if self.skipped[lay.name]
                 else self.layer(lay, ranks[lay.name]) for lay in self.layers]
 
-    def base(self) -> dict[str, int | None]:
-        """Dense params/MACs of the budgeted layers (MACs None when any is unknown)."""
+    def base(self) -> dict[str, float | None]:
+        """Dense params/MACs of the budgeted layers (MACs None when any is unknown); the whole model's measured
+        latency (None without a latency table)."""
         macs = [lay.macs for lay in self.active]
-        return {"params": sum(lay.params for lay in self.active), "macs": None if None in macs else sum(macs)}
+        return {"params": sum(lay.params for lay in self.active), "macs": None if None in macs else sum(macs),
+                "latency": self.latency.model_ms if self.latency else None}
 
-    @staticmethod
-    def size(plans: list[LayerPlan]) -> dict[str, int]:
-        """Params and MACs of the budgeted layers of ``plans`` (compressed: cost model; dense: as is)."""
+    def size(self, plans: list[LayerPlan]) -> dict[str, float]:
+        """Params and MACs of the budgeted layers of ``plans`` (compressed: cost model; dense: as is); with a
+        latency table also the predicted model latency (``LatencyBudget.predict``)."""
         kept = [lp for lp in plans if lp.action != "skip"]
         comp = [lp.action == "compress" for lp in kept]
-        return {"params": sum(lp.params if c else lp.layer.params for lp, c in zip(kept, comp)),
+        size = {"params": sum(lp.params if c else lp.layer.params for lp, c in zip(kept, comp)),
                 "macs": sum((lp.macs if c else lp.layer.macs) or 0 for lp, c in zip(kept, comp))}
+        if self.latency is not None:
+            size["latency"] = self.latency.predict(kept)
+        return size
 
 
 @dataclass
@@ -178,23 +225,26 @@ class Solution:
 
 
 MAC_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense"
+LATENCY_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense or are not measured faster"
 
 
 class MacCapped:
     """``family``'s ranks by candidate index, each layer's index capped at its MAC limit.
 
     The MAC limit of a layer is the last candidate whose ranks for it need no more MACs than dense
-    (bisection, MACs taken as non-decreasing along the family). Beyond it the layer keeps those ranks
-    while the others grow, instead of falling back to dense and blocking the budget. Without a
-    limit (``allow_more_macs`` or unknown MACs) the layer follows the family.
+    (bisection, MACs taken as non-decreasing along the family) and, with a latency table, are measured
+    faster than dense (``Planner.faster``). Beyond it the layer keeps those ranks while the others grow,
+    instead of falling back to dense and blocking the budget. Without a limit (``allow_more_macs`` or
+    unknown MACs, and no latency table) the layer follows the family.
     """
 
     def __init__(self, planner: Planner, family: Family):
         self.planner, self.family = planner, family
         self._ranks: dict[tuple[str, int], list[int] | None] = {}
         last = len(family.values) - 1
-        self.limits = {lay.name: last if planner.allow_more_macs or lay.macs is None else self._limit(lay)
-                       for lay in planner.active}
+        measured = planner.latency is not None and not planner.latency.allow_slower
+        self.limits = {lay.name: self._limit(lay) if measured or not (planner.allow_more_macs or lay.macs is None)
+                       else last for lay in planner.active}
 
     def _at(self, name: str, i: int) -> list[int] | None:
         if (name, i) not in self._ranks:
@@ -203,7 +253,10 @@ class MacCapped:
 
     def _mac_ok(self, lay: Layer, i: int) -> bool:
         ranks = self._at(lay.name, i)
-        return ranks is None or self.planner.layer(lay, ranks).macs <= lay.macs
+        if ranks is None:
+            return True
+        macs_ok = self.planner.allow_more_macs or lay.macs is None or self.planner.layer(lay, ranks).macs <= lay.macs
+        return macs_ok and self.planner.faster(lay, ranks)
 
     def _limit(self, lay: Layer) -> int:
         lo, hi = 0, len(self.family.values) - 1
@@ -310,7 +363,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
 
     ok, plans, size = fits(capped.ranks(0))
     if not ok:
-        need = ", ".join(f"{m} {size[m]} > {targets[m]:.0f} ({size[m] / base[m]:.2%} of {base[m]} needed)"
+        need = ", ".join(f"{m} {size[m]:.6g} > {targets[m]:.6g} ({size[m] / base[m]:.2%} of {base[m]:.6g} needed)"
                          for m in targets if size[m] > targets[m])
         raise BudgetInfeasible(f"budget {budget} is infeasible for format {planner.fmt.name}: even the most "
                                f"compressed {family.knob} plan keeps {need}")
@@ -345,15 +398,16 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
             current, override, best = {**current, **step}, kept, (plans, size)
         else:
             frozen |= step.keys()
-    plans, bond_steps = grow_bonds(planner, targets, best[0])
+    plans, bond_steps = grow_bonds(planner, targets, best[0]) if "latency" not in targets else (best[0], 0)
     size = planner.size(plans)
     capped_names = [n for n, limit in capped.limits.items() if limit < len(family.values) - 1 and n not in frozen]
-    plans = [replace(lp, reason=MAC_CAP_NOTE) if lp.name in capped_names and lp.action == "compress" else lp
+    note = LATENCY_CAP_NOTE if planner.latency else MAC_CAP_NOTE
+    plans = [replace(lp, reason=note) if lp.name in capped_names and lp.action == "compress" else lp
              for lp in plans]
     report = {
         "budget": str(budget),
         "base": base,
-        "targets": {m: round(t, 1) for m, t in targets.items()},
+        "targets": {m: t if m == "latency" else round(t, 1) for m, t in targets.items()},
         "achieved": size,
         "fractions": {m: size[m] / base[m] for m in METRICS if base[m]},
         "of_target": {m: size[m] / t for m, t in targets.items()},
@@ -364,4 +418,6 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
         "evaluations": planner.evaluations - evaluations,
         "candidates": len(family.values),
     }
+    if planner.latency is not None:
+        report["latency"] = planner.latency.report(plans, targets.get("latency"))
     return Solution(plans, family.knob, family.values[lo], report)
