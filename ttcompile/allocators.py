@@ -30,6 +30,9 @@ R_{l,k})``.
 
 Unless ``allow_more_macs``, a layer's ranks stop at the largest that need no more MACs than dense
 (``budget.MacCapped``), and a rewrite that does not save params stays dense (``plan.layer_plan``).
+With a latency budget (``Context.latency``, ``ttcompile.latency``) every allocator's family is solved
+against the measured latency too, and a chain measured not faster than dense stays dense; the LWIQ hull
+still weighs params/MACs only (latency enters as the solver's constraint and the guard).
 The returned Plan records each layer's score, the knob, the budget report and the search time.
 """
 
@@ -363,6 +366,7 @@ def describe(plan: Plan) -> str:
     """One line: allocator, knob, achieved fraction of each budget, search time."""
     s = plan.settings
     rep = s["budget"]
+
     def num(v: float) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 

@@ -12,13 +12,9 @@ always fits even where a realization change makes the size slightly non-monotone
 Unless ``allow_more_macs``, a layer never gets more MACs than dense: its ranks stop growing at its
 MAC limit (``MacCapped``) and a rewrite that would still need more MACs is left dense (``layer_plan``).
 
-Latency (``ttcompile.latency``): ``latency=F`` is a fraction of the *whole* original model's latency measured
-at ``--batch``/``--threads``/``--provider`` (F > 1: milliseconds); a plan's latency is predicted as
-``T_model - sum over compressed layers of (dense_l - chain_l)`` from measured one-layer pairs. With a latency
-table the never-slower guard is measured: a chain not faster than its dense form there stays dense (unless
-``--force``), and ``MacCapped`` stops a layer's ranks where they stop being faster. Phase 3 (single-bond
-growth) is skipped with a latency budget: the plan stays on the family's rank grid, which is what gets
-measured (lazily, only where the solver looks).
+Latency (``ttcompile.latency``): ``latency=F`` is a fraction of the whole model's measured latency (F > 1: ms),
+predicted from measured one-layer pairs; with a table the guard is measured too (``LatencyBudget.guard``,
+``MacCapped``), and phase 3 is skipped: the plan stays on the family's rank grid, timed lazily where solved.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ttcompile.errors import UserError
-from ttcompile.latency import LatencyBudget
+from ttcompile.latency import GUARD_REASONS, LatencyBudget
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format
 from ttcompile.plan import LayerPlan, layer_plan
@@ -126,9 +122,8 @@ class Planner:
         self.evaluations = 0
 
     def layer(self, layer: Layer, ranks: list[int] | None, measure: bool = True) -> LayerPlan:
-        """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``,
-        then, with a latency table and ``measure``, the measured guard ``_guard``; ``measure=False`` is the
-        cost model alone, for allocators tabulating params/MACs without timing anything)."""
+        """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``, then
+        with a latency table ``LatencyBudget.guard`` unless ``measure=False``: the cost model alone, untimed)."""
         if ranks is None:
             return LayerPlan(layer, "dense", reason="the allocator keeps it dense")
         ranks = self.fmt.snap_ranks(layer, self.modes[layer.name], ranks)  # e.g. multiples of t for STP
@@ -139,27 +134,13 @@ class Planner:
         if not measure or self.latency is None:
             return self._cache[key]
         if key not in self._guarded:
-            self._guarded[key] = self._guard(self._cache[key])
+            self._guarded[key] = self.latency.guard(self._cache[key])
         return self._guarded[key]
-
-    def _guard(self, lp: LayerPlan) -> LayerPlan:
-        """The measured never-slower rule (with a latency table, unless ``allow_slower``): a chain not faster
-        than its dense form, or not measured (candidate cap reached), stays dense."""
-        if self.latency is None or self.latency.allow_slower or lp.action != "compress":
-            return lp
-        pair, env = self.latency.table.pair(lp), self.latency.table.env
-        if pair is None:
-            return replace(lp, action="dense", reason="latency not measured (the cap of "
-                           f"{self.latency.table.max_candidates} measured candidates per layer is reached)")
-        if not self.latency.faster(pair):
-            return replace(lp, action="dense", reason=f"measured: {lp.format} chain {pair[1]:.4g} ms, dense "
-                           f"{pair[0]:.4g} ms: not faster ({env.provider}, batch {env.batch}, {env.threads} thread(s))")
-        return lp
 
     def faster(self, layer: Layer, ranks: list[int]) -> bool:
         """False when the measured guard keeps ``layer`` dense at ``ranks`` (always True without a table)."""
         lp = self.layer(layer, ranks)
-        return lp.action == "compress" or not (lp.reason or "").startswith(("measured:", "latency not measured"))
+        return lp.action == "compress" or not (lp.reason or "").startswith(GUARD_REASONS)
 
     def plain(self, layer: Layer, ranks: list[int]) -> LayerPlan | None:
         """Plan at ``ranks`` in the fastest realization storing no more than the plain chain (the format's
@@ -187,8 +168,8 @@ class Planner:
             return None
         if layer.macs is not None and cost.macs > layer.macs and not self.allow_more_macs:
             return None
-        lp = self._guard(LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params,
-                                   cost.macs))
+        lp = LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params, cost.macs)
+        lp = self.latency.guard(lp) if self.latency else lp
         return lp if lp.action == "compress" else None
 
     def plan(self, ranks: dict[str, list[int] | None]) -> list[LayerPlan]:
@@ -198,15 +179,14 @@ class Planner:
                 else self.layer(lay, ranks[lay.name]) for lay in self.layers]
 
     def base(self) -> dict[str, float | None]:
-        """Dense params/MACs of the budgeted layers (MACs None when any is unknown); the whole model's measured
-        latency (None without a latency table)."""
+        """Dense params/MACs of the budgeted layers (MACs None when any is unknown), model latency (or None)."""
         macs = [lay.macs for lay in self.active]
         return {"params": sum(lay.params for lay in self.active), "macs": None if None in macs else sum(macs),
                 "latency": self.latency.model_ms if self.latency else None}
 
     def size(self, plans: list[LayerPlan]) -> dict[str, float]:
-        """Params and MACs of the budgeted layers of ``plans`` (compressed: cost model; dense: as is); with a
-        latency table also the predicted model latency (``LatencyBudget.predict``)."""
+        """Params and MACs of the budgeted layers of ``plans`` (compressed: cost model; dense: as is), with a
+        latency table the predicted model latency (``LatencyBudget.predict``)."""
         kept = [lp for lp in plans if lp.action != "skip"]
         comp = [lp.action == "compress" for lp in kept]
         size = {"params": sum(lp.params if c else lp.layer.params for lp, c in zip(kept, comp)),
@@ -224,8 +204,7 @@ class Solution:
     report: dict  # base, targets, achieved sizes and fractions, MAC-capped layers, evaluations
 
 
-MAC_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense"
-LATENCY_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense or are not measured faster"
+MAC_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense (or are not measured faster)"
 
 
 class MacCapped:
@@ -253,10 +232,9 @@ class MacCapped:
 
     def _mac_ok(self, lay: Layer, i: int) -> bool:
         ranks = self._at(lay.name, i)
-        if ranks is None:
-            return True
-        macs_ok = self.planner.allow_more_macs or lay.macs is None or self.planner.layer(lay, ranks).macs <= lay.macs
-        return macs_ok and self.planner.faster(lay, ranks)
+        p = self.planner
+        return ranks is None or ((p.allow_more_macs or lay.macs is None or p.layer(lay, ranks).macs <= lay.macs)
+                                 and p.faster(lay, ranks))
 
     def _limit(self, lay: Layer) -> int:
         lo, hi = 0, len(self.family.values) - 1
@@ -401,8 +379,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
     plans, bond_steps = grow_bonds(planner, targets, best[0]) if "latency" not in targets else (best[0], 0)
     size = planner.size(plans)
     capped_names = [n for n, limit in capped.limits.items() if limit < len(family.values) - 1 and n not in frozen]
-    note = LATENCY_CAP_NOTE if planner.latency else MAC_CAP_NOTE
-    plans = [replace(lp, reason=note) if lp.name in capped_names and lp.action == "compress" else lp
+    plans = [replace(lp, reason=MAC_CAP_NOTE) if lp.name in capped_names and lp.action == "compress" else lp
              for lp in plans]
     report = {
         "budget": str(budget),

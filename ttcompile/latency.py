@@ -34,7 +34,7 @@ import json
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -49,6 +49,7 @@ SCHEMA = "ttcompile.latency/1"
 ROUNDS, MIN_TIME_S, MIN_RUNS = 5, 0.04, 10  # per timer call: interleaved rounds, seconds and runs per round
 REFERENCE_MIN_TIME_S = 0.25  # seconds per round for the reference run (once per model), as ``ttcompile bench``
 MIN_GAIN = 0.05  # a chain is faster than dense only when at least this fraction faster (pair noise margin)
+GUARD_REASONS = ("measured:", "latency not measured")  # how the reasons of the measured guard start
 MAX_CANDIDATES = 16  # distinct candidates a table answers per layer group
 
 
@@ -212,8 +213,19 @@ class LatencyBudget:
     dense_ms: dict[str, float]
     allow_slower: bool = False
 
-    def faster(self, pair: tuple[float, float]) -> bool:
-        return pair[1] <= (1 - MIN_GAIN) * pair[0]
+    def guard(self, lp: LayerPlan) -> LayerPlan:
+        """The measured never-slower rule (unless ``allow_slower``): a chain not faster than its dense form by
+        ``MIN_GAIN``, or not measured (candidate cap reached), stays dense."""
+        if self.allow_slower or lp.action != "compress":
+            return lp
+        pair, env = self.table.pair(lp), self.table.env
+        if pair is None:
+            return replace(lp, action="dense", reason=f"{GUARD_REASONS[1]} (the cap of {self.table.max_candidates} "
+                           "candidates per layer is reached)")
+        if pair[1] > (1 - MIN_GAIN) * pair[0]:
+            return replace(lp, action="dense", reason=f"{GUARD_REASONS[0]} {lp.format} chain {pair[1]:.4g} ms, dense "
+                           f"{pair[0]:.4g} ms: not faster ({env.provider}, batch {env.batch}, {env.threads} thread(s))")
+        return lp
 
     def chain_ms(self, lp: LayerPlan) -> float:
         """Predicted time of ``lp``'s chain in the model: ``D_l c_l / d_l``."""
