@@ -1,10 +1,11 @@
 """``--budget latency=F`` against ``--budget macs=F``: predicted vs measured latency, params, accuracy.
 
     python benchmarks/latency_budget.py [--models lenet5,resnet20] [--batches 1,32] [--fraction 0.5]
-                                        [--allocator uniform] [--benches 3]
+                                        [--allocator uniform] [--format tt] [--benches 3] [--calib D]
 
 Per model and batch: ``ttcompile compress MODEL --budget latency=F --batch B --threads 1`` and
-``ttcompile compress MODEL --budget macs=F`` (same allocator, TT, no fine-tuning), then ``--benches``
+``ttcompile compress MODEL --budget macs=F`` (same allocator, TT, no fine-tuning; with ``--calib D`` both
+fit their cores to D's outputs and recover layer-wise, calibration only, no labels), then ``--benches``
 separate ``ttcompile bench MODEL LAT MACS --data mnist:test --batch B --threads 1`` runs (each: one
 session alive at a time, interleaved rounds, medians). Reported per compressed model: params, MNIST test
 accuracy (10k, before fine-tuning), the measured fraction of the original's latency (``bench``: compressed
@@ -38,11 +39,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+class Infeasible(Exception):
+    """``compress`` refused the budget as infeasible (exit 2, one line)."""
+
+
 def ttcompile(*args: str) -> tuple[str, float]:
     """Run ``ttcompile ARGS`` (this interpreter's install); its stdout and wall seconds."""
     cmd = [sys.executable, "-m", "ttcompile.cli", *args]
     start = time.perf_counter()
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode == 2 and "infeasible" in done.stderr:
+        raise Infeasible(done.stderr.strip().splitlines()[-1])
     if done.returncode:
         raise RuntimeError(f"{shlex.join(['ttcompile', *args])} exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout, time.perf_counter() - start
@@ -52,29 +59,36 @@ def shown(args: list[str], tmp: Path) -> str:
     return shlex.join(["ttcompile", *args]).replace(str(tmp) + "/", "")
 
 
-def run_case(model: str, batch: int, fraction: float, allocator: str, benches: int, tmp: Path) -> dict:
+def run_case(model: str, batch: int, fraction: float, allocator: str, benches: int, tmp: Path,
+             calib: str | None, fmt: str) -> dict:
     src = f"models/{model}_mnist.onnx"
     outs, commands, compress = {}, [], {}
     for metric in ("latency", "macs"):
         out = tmp / f"{model}_b{batch}_{metric}.onnx"
-        args = ["compress", src, "-o", str(out), "--budget", f"{metric}={fraction}", "--allocator", allocator,
-                "--quiet"] + (["--batch", str(batch), "--threads", "1"] if metric == "latency" else [])
-        _, wall = ttcompile(*args)
+        args = ["compress", src, "-o", str(out), "--format", fmt, "--budget", f"{metric}={fraction}",
+                "--allocator", allocator, "--quiet"]
+        args += ["--batch", str(batch), "--threads", "1"] if metric == "latency" else []
+        args += ["--calib", calib] if calib else []
         commands.append(shown(args, tmp))
+        try:
+            _, wall = ttcompile(*args)
+        except Infeasible as exc:
+            compress[metric] = {"infeasible": str(exc)}
+            continue
         plan = json.loads(out.with_suffix(".plan.json").read_text())
         outs[metric] = out
         compress[metric] = {"wall_s": wall, "totals": plan["totals"], "budget": plan["settings"]["budget"]}
     runs = []
     for _ in range(benches):
         bench_json = tmp / "bench.json"
-        args = ["bench", src, str(outs["latency"]), str(outs["macs"]), "--data", "mnist:test", "--batch", str(batch),
+        args = ["bench", src, *(str(o) for o in outs.values()), "--data", "mnist:test", "--batch", str(batch),
                 "--threads", "1", "--json", str(bench_json)]
         stdout, _ = ttcompile(*args)
         runs.append({"report": json.loads(bench_json.read_text()),
                      "check": [ln for ln in stdout.splitlines() if "latency budget at batch" in ln]})
     commands.append(shown(args, tmp) + f"   (x{benches})")
-    rows = {}
-    for i, metric in enumerate(("latency", "macs"), start=1):
+    rows = {m: {"infeasible": c["infeasible"]} for m, c in compress.items() if "infeasible" in c}
+    for i, metric in enumerate(outs, start=1):
         fracs = [1 / next(t["speedup"] for t in r["report"]["timings"] if t["model_index"] == i) for r in runs]
         ms = [next(t["latency_ms"] for t in r["report"]["timings"] if t["model_index"] == i) for r in runs]
         m = runs[0]["report"]["models"][i]
@@ -91,7 +105,8 @@ def run_case(model: str, batch: int, fraction: float, allocator: str, benches: i
                     "dense_layers": [n for n, p in lat.get("dense_ms", {}).items() if n not in lat["pairs"]]}
         rows[metric] = row
     orig = runs[0]["report"]["models"][0]
-    return {"model": model, "batch": batch, "fraction": fraction, "allocator": allocator, "commands": commands,
+    return {"model": model, "batch": batch, "fraction": fraction, "allocator": allocator, "calib": calib, "format": fmt,
+            "commands": commands,
             "original": {"params": orig["params"], "accuracy": orig["accuracy"],
                          "latency_ms": statistics.median(next(t["latency_ms"] for t in r["report"]["timings"]
                                                               if t["model_index"] == 0) for r in runs)},
@@ -101,13 +116,19 @@ def run_case(model: str, batch: int, fraction: float, allocator: str, benches: i
 def markdown(result: dict) -> str:
     head = ["model", "batch", "budget", "params", "params x", "MACs x", "MNIST acc", "measured latency / original",
             "predicted / original", "predicted / measured", "compress s (pairs timed)"]
-    lines = [f"# Latency budget vs MACs budget (TT, allocator {result['allocator']}, no fine-tuning)", "",
+    calib = f", calibration-only init/recovery on {result['calib']}" if result.get("calib") else ""
+    lines = [f"# Latency budget vs MACs budget ({result.get('format', 'tt')}, allocator {result['allocator']}{calib}, "
+             "no fine-tuning)", "",
              result["note"], "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in result["cases"]:
         o = case["original"]
         lines.append(f"| {case['model']} | {case['batch']} | original | {o['params']:,} | 1x | 1x | "
                      f"{o['accuracy']:.2%} | 1 ({o['latency_ms']:.3g} ms) | - | - | - |")
         for metric, r in case["rows"].items():
+            if "infeasible" in r:
+                lines.append(f"| {case['model']} | {case['batch']} | {metric}={case['fraction']:g} | "
+                             f"infeasible: {r['infeasible'].split('error: ')[-1]} |" + " |" * (len(head) - 4))
+                continue
             pred = f"{r['predicted_fraction']:.3f}" if "predicted_fraction" in r else "-"
             ratio = f"{r['pred_over_measured']:.3f}" if "pred_over_measured" in r else "-"
             spread = ", ".join(f"{f:.3f}" for f in r["measured_fractions"])
@@ -116,8 +137,10 @@ def markdown(result: dict) -> str:
                          f"{r['params_reduction']:.1f}x | {r['macs_reduction']:.2f}x | {r['accuracy']:.2%} | "
                          f"{r['measured_fraction']:.3f} ({spread}) | {pred} | {ratio} | "
                          f"{r['compress_wall_s']:.0f}{pairs} |")
-    lines += ["", "Commands (paths of the written models shortened):", ""]
+    lines += ["", "Commands (paths of the written models shortened), per case, and the script run that ran them:", ""]
     for case in result["cases"]:
+        load = f" (load average {case['load_average_after'][0]:.1f} after)" if "load_average_after" in case else ""
+        lines += [f"    # {case['model']} batch {case['batch']}: {case.get('script', result['command'])}{load}"]
         lines += [f"    {c}" for c in case["commands"]]
     return "\n".join(lines) + "\n"
 
@@ -128,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--allocator", default="uniform")
+    ap.add_argument("--format", default="tt")
     ap.add_argument("--benches", type=int, default=3)
+    ap.add_argument("--calib", help="calibration data for both compressions (data-aware init, layer-wise recovery)")
     ap.add_argument("--keep-cache", action="store_true")
     ap.add_argument("--out", default="latency_budget")
     args = ap.parse_args(argv)
@@ -136,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(cache_dir() / "latency", ignore_errors=True)
     load = os.getloadavg()
     result = {"command": shlex.join(["python", "benchmarks/latency_budget.py", *(argv or sys.argv[1:])]),
-              "allocator": args.allocator, "cpu": cpu_model(), "python": platform.python_version(),
+              "allocator": args.allocator, "format": args.format, "calib": args.calib,
+              "cpu": cpu_model(), "python": platform.python_version(),
               "load_average_at_start": load, "cases": []}
     import onnxruntime
 
@@ -147,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
                       "T_model - sum D_l (1 - c_l/d_l) over its own T_model, both measured at compress time. "
                       "Accuracy: MNIST test (10k) in ONNX Runtime, before any fine-tuning.")
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / f"{args.out}.json"
+    if previous.exists():  # resumable: cases of other models/batches are kept
+        result["cases"] = json.loads(previous.read_text())["cases"]
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
-                case = run_case(model, batch, args.fraction, args.allocator, args.benches, Path(tmp))
-                result["cases"].append(case)
+                case = run_case(model, batch, args.fraction, args.allocator, args.benches, Path(tmp), args.calib,
+                                args.format)
+                result["cases"] = [c for c in result["cases"] if (c["model"], c["batch"]) != (model, batch)]
+                result["cases"].append(case | {"script": result["command"], "load_average_after": os.getloadavg()})
                 print(json.dumps({k: v for k, v in case.items() if k != "checks"}, indent=1), flush=True)
                 (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1))
                 (RESULTS / f"{args.out}.md").write_text(markdown(result))
