@@ -35,6 +35,9 @@ R_{l,k})``.
 
 Unless ``allow_more_macs``, a layer's ranks stop at the largest that need no more MACs than dense
 (``budget.MacCapped``), and a rewrite that does not save params stays dense (``plan.layer_plan``).
+With a latency budget (``Context.latency``, ``ttcompile.latency``) every allocator's family is solved
+against the measured latency too, and a chain measured not faster than dense stays dense; the LWIQ hull
+still weighs params/MACs only (latency enters as the solver's constraint and the guard).
 The returned Plan records each layer's score, the knob, the budget report and the search time.
 """
 
@@ -50,12 +53,14 @@ import onnx_ir as ir
 from tqdm import tqdm
 
 from ttcompile import knapsack
+from ttcompile.argtypes import batch_int
 from ttcompile.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
 from ttcompile.compress import rewrite_layer
 from ttcompile.errors import UserError
 from ttcompile.features import Calibration, load_calibration, predict
 from ttcompile.graph import to_proto
 from ttcompile.hull import lower_hull
+from ttcompile.latency import LatencyBudget, latency_from_args
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.lwiq import Analysis, analyze
 from ttcompile.passes.base import Format, get_format
@@ -82,6 +87,7 @@ class Context:
     batch: int = 256
     progress: bool = False
     lwiq_weights: str = "flat"
+    latency: LatencyBudget | None = None  # measured per-layer latencies, for a latency budget
 
 
 class Allocator(ABC):
@@ -155,9 +161,9 @@ def _points(planner: Planner, lay: Layer, curve, weight: float) -> list[tuple[tu
     """A layer's valid measured candidates and its dense form: (key: ranks tuple or None, size, w_l d_l)."""
     points: list[tuple[tuple | None, dict, float]] = [(None, {"params": lay.params, "macs": lay.macs or 0}, 0.0)]
     for p in curve.points:
-        lp = planner.layer(lay, p.ranks)
+        lp = planner.layer(lay, p.ranks, measure=False)
         if lp.action == "compress":
-            points.append((tuple(p.ranks), planner.size([lp]), weight * p.drop))
+            points.append((tuple(p.ranks), {"params": lp.params, "macs": lp.macs or 0}, weight * p.drop))
     return points
 
 
@@ -168,7 +174,7 @@ def _cost(size: dict, metrics: list[str], base: dict) -> float:
 
 @dataclass
 class LwiqExact:
-    """``budget.ExactSolver`` over every measured candidate (not only hull vertices): least summed
+    """``knapsack.ExactSolver`` over every measured candidate (not only hull vertices): least summed
     ``w_l d_l(r)`` within the budget, by ``ttcompile.knapsack``."""
 
     points: dict[str, list[tuple[tuple | None, dict, float]]]
@@ -203,7 +209,7 @@ def uniform_table(planner: Planner) -> dict[str, tuple[list[float], list[list[in
             rk = planner.fmt.uniform_ranks(lay, planner.modes[lay.name], r)
             if ranks and rk == ranks[-1]:
                 break
-            ratios.append(planner.layer(lay, rk).params / lay.params)
+            ratios.append(planner.layer(lay, rk, measure=False).params / lay.params)
             ranks.append(rk)
         table[lay.name] = (ratios, ranks)
     return table
@@ -316,7 +322,7 @@ def search(name: str, ctx: Context) -> Search:
         if getattr(ctx, need) is None:
             raise UserError(f"allocator {name} needs {need} (see --calib / --analysis)")
     start = time.perf_counter()
-    planner = Planner(ctx.layers, ctx.fmt, ctx.modes, ctx.allow_more_macs)
+    planner = Planner(ctx.layers, ctx.fmt, ctx.modes, ctx.allow_more_macs, ctx.latency)
     family, scores, info = alloc.family(ctx, planner)
     return Search(name, ctx, planner, family, scores, info, time.perf_counter() - start)
 
@@ -331,14 +337,18 @@ def allocate(name: str, ctx: Context, budget: Budget) -> Plan:
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budgeted rank selection")
-    g.add_argument("--budget", help="params=F and/or macs=F: F <= 1 keeps that fraction of the compressible "
-                                    "layers' total, F > 1 is an absolute count (e.g. params=0.1,macs=0.5)")
+    g.add_argument("--budget", help="params=F, macs=F and/or latency=F: F <= 1 keeps that fraction of the "
+                                    "compressible layers' total (latency: of the whole model's latency measured at "
+                                    "--batch/--threads/--provider), F > 1 is an absolute count (latency: ms), "
+                                    "e.g. params=0.1,latency=0.5")
     g.add_argument("--allocator", choices=sorted(ALLOCATORS), help="rank allocator for --budget (default lwiq)")
     g.add_argument("--analysis", help="LWIQ scores from 'ttcompile analyze' (no model run needed)")
     g.add_argument("--calib", help="calibration data (.npz with x[, y] or a dataset spec) for lwiq/greedy")
     g.add_argument("--calib-batch", type=int, default=256, help="samples per ORT run on calibration data")
     g.add_argument("--lwiq-weights", choices=LWIQ_WEIGHTS, default="flat",
                    help="lwiq: weight of each layer's proxy-accuracy drop (flat: 1; gain: its LWIQ score)")
+    g.add_argument("--batch", type=batch_int, default=1, help="latency budget: batch size it is measured at")
+    g.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="latency budget: execution provider")
     g.add_argument("--pseudo-classes", type=int, default=10,
                    help="lwiq with --calib on a model whose output is no class score: k-means classes (default 10)")
 
@@ -351,8 +361,10 @@ def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer
         if given:
             raise UserError(f"{', '.join(given)} only apply with --budget")
         return None
-    if args.rank is not None or args.ratio is not None or args.force:
-        raise UserError("--budget replaces --rank/--ratio/--force; give one or the other")
+    budget = parse_budget(args.budget)
+    if args.rank is not None or args.ratio is not None or (args.force and budget.latency is None):
+        raise UserError("--budget replaces --rank/--ratio/--force (--force only lifts a latency budget's measured "
+                        "guard); give one or the other")
     try:
         fmt = get_format(args.format)
     except KeyError:
@@ -376,15 +388,31 @@ def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer
         if not args.calib:
             raise UserError("--allocator greedy needs --calib DATA")
         ctx.calibration = load_calibration(args.calib, to_proto(model))
-    return allocate(name, ctx, parse_budget(args.budget))
+    if budget.latency is not None:
+        active = [lay for lay in layers if not (lay.skip or fmt.supports(lay))]
+        ctx.latency = latency_from_args(args, args.model, active, ctx.progress)
+    try:
+        return allocate(name, ctx, budget)
+    finally:
+        if ctx.latency is not None:
+            ctx.latency.table.close()
 
 
 def describe(plan: Plan) -> str:
     """One line: allocator, knob, achieved fraction of each budget, search time."""
     s = plan.settings
     rep = s["budget"]
-    sizes = ", ".join(f"{m} {rep['achieved'][m]} = {rep['fractions'][m]:.2%} of {rep['base'][m]} "
+
+    def num(v: float) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    sizes = ", ".join(f"{m} {num(rep['achieved'][m])} = {rep['fractions'][m]:.2%} of {num(rep['base'][m])} "
                       f"({rep['of_target'][m]:.1%} of target)" for m in rep["targets"])
+    if "latency" in rep:
+        lat = rep["latency"]
+        sizes += (f" (latency in ms per run, predicted as {lat['formula']} from {lat['measured_pairs']} new "
+                  f"measurements on {lat['provider']} at batch {lat['batch']}, {lat['threads']} thread(s), "
+                  f"{lat['cpu']}, onnxruntime {lat['onnxruntime']}; cache {lat['cache']})")
     capped = (f"; MAC-capped (larger ranks would need more MACs than dense, --allow-more-macs lifts it): "
               f"{', '.join(rep['mac_capped'])}" if rep["mac_capped"] else "")
     labels = s["analysis"]["calibration"]["labels"] if "analysis" in s else s.get("greedy", {}).get("labels")

@@ -1,4 +1,4 @@
-"""Budgets (``params=0.1``, ``macs=0.5``, both, or absolute counts) and the one-knob solver.
+"""Budgets (``params=0.1``, ``macs=0.5``, ``latency=0.5``, any mix, or absolute counts) and the one-knob solver.
 
 Every allocator reduces rank selection to a one-parameter family of per-layer rank choices, ordered
 from the most to the least compressed (LWIQ's alpha, the uniform ratio, the energy threshold, the
@@ -11,20 +11,25 @@ The bisection keeps the invariant "candidate ``lo`` fits, ``hi`` does not", so t
 always fits even where a realization change makes the size slightly non-monotone in the knob.
 Unless ``allow_more_macs``, a layer never gets more MACs than dense: its ranks stop growing at its
 MAC limit (``MacCapped``) and a rewrite that would still need more MACs is left dense (``layer_plan``).
+
+Latency (``ttcompile.latency``): ``latency=F`` is a fraction of the whole model's measured latency (F > 1: ms),
+predicted from measured one-layer pairs; with a table the guard is measured too (``LatencyBudget.guard``,
+``MacCapped``), and phase 3 is skipped: the plan stays on the family's rank grid, timed lazily where solved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from ttcompile.errors import UserError
+from ttcompile.knapsack import ExactSolver, exact_step
+from ttcompile.latency import GUARD_REASONS, LatencyBudget
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format
 from ttcompile.plan import LayerPlan, layer_plan
 
-METRICS = ("params", "macs")
+METRICS = ("params", "macs", "latency")
 
 
 class BudgetInfeasible(UserError):
@@ -33,10 +38,12 @@ class BudgetInfeasible(UserError):
 
 @dataclass(frozen=True)
 class Budget:
-    """Budget per metric: a fraction of the compressible total when <= 1, else an absolute count."""
+    """Budget per metric: a fraction of the compressible total (latency: of the whole model's measured
+    latency) when <= 1, else an absolute count (latency: milliseconds)."""
 
     params: float | None = None
     macs: float | None = None
+    latency: float | None = None
 
     def __str__(self) -> str:
         return ",".join(f"{m}={getattr(self, m):g}" for m in METRICS if getattr(self, m) is not None)
@@ -48,6 +55,8 @@ class Budget:
             v = getattr(self, m)
             if v is None:
                 continue
+            if base[m] is None and m == "latency":
+                raise UserError("a latency budget needs measured latencies (give --budget latency=F to compress)")
             if base[m] is None:
                 raise UserError(f"a {m} budget needs every layer's {m}, and some are unknown "
                                 "(shape inference did not resolve them; try --input-shape)")
@@ -56,7 +65,7 @@ class Budget:
 
 
 def parse_budget(spec: str) -> Budget:
-    """``"params=0.1"``, ``"macs=0.5"``, ``"params=0.1,macs=0.5"``, ``"params=20000"`` -> Budget."""
+    """``"params=0.1"``, ``"macs=0.5"``, ``"latency=0.5"``, ``"params=0.1,macs=0.5"``, ``"params=20000"`` -> Budget."""
     values: dict[str, float] = {}
     for part in spec.replace(" ", "").split(","):
         key, sep, text = part.partition("=")
@@ -65,8 +74,9 @@ def parse_budget(spec: str) -> Budget:
                 raise ValueError
             values[key] = float(text)
         except ValueError:
-            raise UserError(f"--budget {spec!r}: expected params=F and/or macs=F (comma separated), F a fraction "
-                            "in (0, 1] or an absolute count, e.g. params=0.1,macs=0.5") from None
+            raise UserError(f"--budget {spec!r}: expected params=F, macs=F and/or latency=F (comma separated), "
+                            "F a fraction in (0, 1] or an absolute count (latency: ms), e.g. params=0.1,latency=0.5"
+                            ) from None
         if not values[key] > 0:
             raise UserError(f"--budget {spec!r}: {key} must be positive")
     return Budget(**values)
@@ -89,24 +99,15 @@ class Family:
     values: list[float]
     rank: Callable[[str, float], list[int] | None]
     for_budget: Callable[[Budget], Family] | None = None
-    exact: ExactSolver | None = None
-
-
-class ExactSolver(Protocol):
-    """Where the family's candidates carry a damage (LWIQ): the least-damage ranks within absolute size
-    ``targets`` (None: nothing fits), and the damage of given ranks (None: not a measured candidate)."""
-
-    def solve(self, targets: dict[str, float]) -> dict[str, list[int] | None] | None: ...
-
-    def damage(self, ranks: dict[str, list[int] | None]) -> float | None: ...
+    exact: ExactSolver | None = None  # where candidates carry a damage (LWIQ): ttcompile.knapsack
 
 
 class Planner:
     """Costs rank choices for one format (cached), splitting layers into budgeted and skipped ones."""
 
     def __init__(self, layers: list[Layer], fmt: Format, modes: dict[str, dict] | None = None,
-                 allow_more_macs: bool = False):
-        self.fmt, self.allow_more_macs = fmt, allow_more_macs
+                 allow_more_macs: bool = False, latency: LatencyBudget | None = None):
+        self.fmt, self.allow_more_macs, self.latency = fmt, allow_more_macs, latency
         self.layers = layers
         self.skipped = {layer.name: layer.skip or fmt.supports(layer) for layer in layers}
         self.active = [layer for layer in layers if not self.skipped[layer.name]]
@@ -118,11 +119,13 @@ class Planner:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self._cache: dict[tuple[str, tuple[int, ...]], LayerPlan] = {}
+        self._guarded: dict[tuple[str, tuple[int, ...]], LayerPlan] = {}
         self._plain: dict[tuple[str, tuple[int, ...]], LayerPlan | None] = {}
         self.evaluations = 0
 
-    def layer(self, layer: Layer, ranks: list[int] | None) -> LayerPlan:
-        """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``)."""
+    def layer(self, layer: Layer, ranks: list[int] | None, measure: bool = True) -> LayerPlan:
+        """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``, then
+        with a latency table ``LatencyBudget.guard`` unless ``measure=False``: the cost model alone, untimed)."""
         if ranks is None:
             return LayerPlan(layer, "dense", reason="the allocator keeps it dense")
         ranks = self.fmt.snap_ranks(layer, self.modes[layer.name], ranks)  # e.g. multiples of t for STP
@@ -130,7 +133,16 @@ class Planner:
         if key not in self._cache:
             self._cache[key] = layer_plan(layer, self.fmt, ranks, self.modes[layer.name],
                                           allow_more_macs=self.allow_more_macs)
-        return self._cache[key]
+        if not measure or self.latency is None:
+            return self._cache[key]
+        if key not in self._guarded:
+            self._guarded[key] = self.latency.guard(self._cache[key])
+        return self._guarded[key]
+
+    def faster(self, layer: Layer, ranks: list[int]) -> bool:
+        """False when the measured guard keeps ``layer`` dense at ``ranks`` (always True without a table)."""
+        lp = self.layer(layer, ranks)
+        return lp.action == "compress" or not (lp.reason or "").startswith(GUARD_REASONS)
 
     def plain(self, layer: Layer, ranks: list[int]) -> LayerPlan | None:
         """Plan at ``ranks`` in the fastest realization storing no more than the plain chain (the format's
@@ -158,7 +170,9 @@ class Planner:
             return None
         if layer.macs is not None and cost.macs > layer.macs and not self.allow_more_macs:
             return None
-        return LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params, cost.macs)
+        lp = LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params, cost.macs)
+        lp = self.latency.guard(lp) if self.latency else lp
+        return lp if lp.action == "compress" else None
 
     def plan(self, ranks: dict[str, list[int] | None]) -> list[LayerPlan]:
         """LayerPlans of all layers in order (skipped ones as ``skip``)."""
@@ -166,18 +180,22 @@ class Planner:
         return [LayerPlan(lay, "skip", reason=self.skipped[lay.name]) if self.skipped[lay.name]
                 else self.layer(lay, ranks[lay.name]) for lay in self.layers]
 
-    def base(self) -> dict[str, int | None]:
-        """Dense params/MACs of the budgeted layers (MACs None when any is unknown)."""
+    def base(self) -> dict[str, float | None]:
+        """Dense params/MACs of the budgeted layers (MACs None when any is unknown), model latency (or None)."""
         macs = [lay.macs for lay in self.active]
-        return {"params": sum(lay.params for lay in self.active), "macs": None if None in macs else sum(macs)}
+        return {"params": sum(lay.params for lay in self.active), "macs": None if None in macs else sum(macs),
+                "latency": self.latency.model_ms if self.latency else None}
 
-    @staticmethod
-    def size(plans: list[LayerPlan]) -> dict[str, int]:
-        """Params and MACs of the budgeted layers of ``plans`` (compressed: cost model; dense: as is)."""
+    def size(self, plans: list[LayerPlan]) -> dict[str, float]:
+        """Params and MACs of the budgeted layers of ``plans`` (compressed: cost model; dense: as is), with a
+        latency table the predicted model latency (``LatencyBudget.predict``)."""
         kept = [lp for lp in plans if lp.action != "skip"]
         comp = [lp.action == "compress" for lp in kept]
-        return {"params": sum(lp.params if c else lp.layer.params for lp, c in zip(kept, comp)),
+        size = {"params": sum(lp.params if c else lp.layer.params for lp, c in zip(kept, comp)),
                 "macs": sum((lp.macs if c else lp.layer.macs) or 0 for lp, c in zip(kept, comp))}
+        if self.latency is not None:
+            size["latency"] = self.latency.predict(kept)
+        return size
 
 
 @dataclass
@@ -188,24 +206,26 @@ class Solution:
     report: dict  # base, targets, achieved sizes and fractions, MAC-capped layers, evaluations
 
 
-MAC_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense"
+MAC_CAP_NOTE = "ranks stop growing here: larger ones need more MACs than dense (or are not measured faster)"
 
 
 class MacCapped:
     """``family``'s ranks by candidate index, each layer's index capped at its MAC limit.
 
     The MAC limit of a layer is the last candidate whose ranks for it need no more MACs than dense
-    (bisection, MACs taken as non-decreasing along the family). Beyond it the layer keeps those ranks
-    while the others grow, instead of falling back to dense and blocking the budget. Without a
-    limit (``allow_more_macs`` or unknown MACs) the layer follows the family.
+    (bisection, MACs taken as non-decreasing along the family) and, with a latency table, are measured
+    faster than dense (``Planner.faster``). Beyond it the layer keeps those ranks while the others grow,
+    instead of falling back to dense and blocking the budget. Without a limit (``allow_more_macs`` or
+    unknown MACs, and no latency table) the layer follows the family.
     """
 
     def __init__(self, planner: Planner, family: Family):
         self.planner, self.family = planner, family
         self._ranks: dict[tuple[str, int], list[int] | None] = {}
         last = len(family.values) - 1
-        self.limits = {lay.name: last if planner.allow_more_macs or lay.macs is None else self._limit(lay)
-                       for lay in planner.active}
+        measured = planner.latency is not None and not planner.latency.allow_slower
+        self.limits = {lay.name: self._limit(lay) if measured or not (planner.allow_more_macs or lay.macs is None)
+                       else last for lay in planner.active}
 
     def _at(self, name: str, i: int) -> list[int] | None:
         if (name, i) not in self._ranks:
@@ -214,7 +234,9 @@ class MacCapped:
 
     def _mac_ok(self, lay: Layer, i: int) -> bool:
         ranks = self._at(lay.name, i)
-        return ranks is None or self.planner.layer(lay, ranks).macs <= lay.macs
+        p = self.planner
+        return ranks is None or ((p.allow_more_macs or lay.macs is None or p.layer(lay, ranks).macs <= lay.macs)
+                                 and p.faster(lay, ranks))
 
     def _limit(self, lay: Layer) -> int:
         lo, hi = 0, len(self.family.values) - 1
@@ -322,7 +344,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
 
     ok, plans, size = fits(capped.ranks(0))
     if not ok:
-        need = ", ".join(f"{m} {size[m]} > {targets[m]:.0f} ({size[m] / base[m]:.2%} of {base[m]} needed)"
+        need = ", ".join(f"{m} {size[m]:.6g} > {targets[m]:.6g} ({size[m] / base[m]:.2%} of {base[m]:.6g} needed)"
                          for m in targets if size[m] > targets[m])
         raise BudgetInfeasible(f"budget {budget} is infeasible for format {planner.fmt.name}: even the most "
                                f"compressed {family.knob} plan keeps {need}")
@@ -337,7 +359,8 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
             hi = mid
     knob_only = best[1]
     current, frozen = capped.ranks(lo), set()
-    exact = _exact_step(family.exact, targets, fits, current) if family.exact else None
+    # latency is predicted for the whole plan, not a sum of per-layer sizes: no knapsack there
+    exact = exact_step(family.exact, targets, fits, current) if family.exact and "latency" not in targets else None
     if exact and exact["used"]:
         best = exact.pop("best")
     override: dict[str, LayerPlan] = {}  # layers taken in the plain realization instead of the realized one
@@ -360,7 +383,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
             current, override, best = {**current, **step}, kept, (plans, size)
         else:
             frozen |= step.keys()
-    plans, bond_steps = grow_bonds(planner, targets, best[0])
+    plans, bond_steps = grow_bonds(planner, targets, best[0]) if "latency" not in targets else (best[0], 0)
     size = planner.size(plans)
     capped_names = [n for n, limit in capped.limits.items() if limit < len(family.values) - 1 and n not in frozen]
     plans = [replace(lp, reason=MAC_CAP_NOTE) if lp.name in capped_names and lp.action == "compress" else lp
@@ -368,7 +391,7 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
     report = {
         "budget": str(budget),
         "base": base,
-        "targets": {m: round(t, 1) for m, t in targets.items()},
+        "targets": {m: t if m == "latency" else round(t, 1) for m, t in targets.items()},
         "achieved": size,
         "fractions": {m: size[m] / base[m] for m in METRICS if base[m]},
         "of_target": {m: size[m] / t for m, t in targets.items()},
@@ -381,25 +404,6 @@ def solve(planner: Planner, family: Family, budget: Budget) -> Solution:
     }
     if exact:
         report["exact"] = exact
+    if planner.latency is not None:
+        report["latency"] = planner.latency.report(plans, targets.get("latency"))
     return Solution(plans, family.knob, family.values[lo], report)
-
-
-EXACT_SHRINK = (1.0, 0.998, 0.99, 0.97)  # capacity fractions tried (the knapsack rounds costs to its grid)
-
-
-def _exact_step(solver: ExactSolver, targets: dict[str, float], fits, knob_ranks: dict) -> dict:
-    """Replace the knob's plan by the solver's least-damage ranks when they fit and damage less.
-    Returns a report: damages of both, the layers that changed, and (when used) ``best`` = (plans, size)."""
-    knob_damage = solver.damage(knob_ranks)
-    for shrink in EXACT_SHRINK:
-        ranks = solver.solve({m: t * shrink for m, t in targets.items()})
-        if ranks is None:
-            continue
-        ok, plans, size = fits(ranks)
-        if ok:
-            damage = solver.damage(ranks)
-            used = knob_damage is None or damage < knob_damage - 1e-12
-            out = {"used": used, "damage": damage, "knob_damage": knob_damage, "capacity_fraction": shrink,
-                   "changed": sorted(n for n in ranks if ranks[n] != knob_ranks.get(n)) if used else []}
-            return {**out, "best": (plans, size)} if used else out
-    return {"used": False, "damage": None, "knob_damage": knob_damage, "capacity_fraction": None, "changed": []}

@@ -54,9 +54,27 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(format_table(report))
+    for line in _latency_checks(report, args.models):
+        print(line)
     if args.json:
         write_json(report, args.json)
     return 0
+
+
+def _latency_checks(report, models: list[str]) -> list[str]:
+    """Predicted vs measured latency for each model whose plan (``OUT.plan.json``) has a latency budget."""
+    import json
+
+    from ttcompile.cmd_compress import plan_path
+    from ttcompile.latency import budget_checks
+
+    plans = {}
+    for i, path in enumerate(models[1:], start=1):
+        try:
+            plans[i] = json.loads(plan_path(path).read_text()).get("settings") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # no plan beside it (or not ours): nothing to check
+    return budget_checks(report, plans)
 
 
 def default_batches(models: list[str]) -> list[int]:

@@ -62,7 +62,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-cr", type=float, help="l0: freeze the gates once the whole model is compressed X times")
     g.add_argument("--rho", type=float, default=1e-3, help="ADMM penalty (default 1e-3)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 0)")
-    g.add_argument("--threads", type=threads_int, default=1, help="torch/ORT threads while training (default 1)")
+    g.add_argument("--threads", type=threads_int, default=1,
+                   help="torch/ORT threads while training, and ORT threads a latency budget is measured at (default 1)")
     g.add_argument("--backend", choices=["torch", "ort"], default="torch",
                    help="torch: core-space training (the [train] extra); ort: fine-tune the compressed graph "
                         "with onnxruntime-training (the [ort-training] extra, no torch; no --rank-select)")

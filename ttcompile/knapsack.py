@@ -4,10 +4,13 @@ Used by the LWIQ allocator after its one-multiplier solve: the multiplier only r
 layer's lower convex hull, and at tight budgets the best feasible combination often uses points between
 them. Dynamic programming over a cost grid: each metric's capacity is split into ``grid`` units, option
 costs are rounded to the nearest unit (so the caller checks the true sizes and may retry with less),
-``O(groups * options * grid^metrics)``.
+``O(groups * options * grid^metrics)``. ``exact_step`` is the budget solver's use of it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -56,3 +59,34 @@ def solve(options: list[list[tuple[tuple[float, ...], float]]], capacity: tuple[
         choice.append(i)
         cell = tuple(c - x for c, x in zip(cell, w[i]))
     return choice[::-1]
+
+
+class ExactSolver(Protocol):
+    """Where a rank family's candidates carry a damage (LWIQ): the least-damage ranks within absolute
+    size ``targets`` (None: nothing fits), and the damage of given ranks (None: not a measured candidate)."""
+
+    def solve(self, targets: dict[str, float]) -> dict[str, list[int] | None] | None: ...
+
+    def damage(self, ranks: dict[str, list[int] | None]) -> float | None: ...
+
+
+EXACT_SHRINK = (1.0, 0.998, 0.99, 0.97)  # capacity fractions tried (costs are rounded to the grid)
+
+
+def exact_step(solver: ExactSolver, targets: dict[str, float], fits: Callable, knob_ranks: dict) -> dict:
+    """The solver's least-damage ranks in place of the knob's when they fit (``fits(ranks)`` ->
+    (ok, plans, size)) and damage less. Returns a report: damages of both, the layers that changed, and
+    (when used) ``best`` = (plans, size)."""
+    knob_damage = solver.damage(knob_ranks)
+    for shrink in EXACT_SHRINK:
+        ranks = solver.solve({m: t * shrink for m, t in targets.items()})
+        if ranks is None:
+            continue
+        ok, plans, size = fits(ranks)
+        if ok:
+            damage = solver.damage(ranks)
+            used = knob_damage is None or damage < knob_damage - 1e-12
+            out = {"used": used, "damage": damage, "knob_damage": knob_damage, "capacity_fraction": shrink,
+                   "changed": sorted(n for n in ranks if ranks[n] != knob_ranks.get(n)) if used else []}
+            return {**out, "best": (plans, size)} if used else out
+    return {"used": False, "damage": None, "knob_damage": knob_damage, "capacity_fraction": None, "changed": []}
