@@ -154,4 +154,7 @@ def test_auto_budget_needs_datafree(tmp_path, capsys):
     assert main(["compress", path, "--format", "auto", "--budget", "params=0.1", "--allocator", "uniform",
                  "-o", str(tmp_path / "out.onnx")]) == 2
     assert "datafree" in capsys.readouterr().err
+    assert main(["compress", path, "--format", "auto", "--budget", "params=0.1", "--allocator", "datafree",
+                 "--modes", "cp2=2x4:2x4", "-o", str(tmp_path / "out.onnx")]) == 2
+    assert "--modes" in capsys.readouterr().err
 

@@ -20,6 +20,7 @@ import numpy as np
 from ttcompile import datafree
 from ttcompile.allocators import Context, Search
 from ttcompile.budget import Budget, Planner
+from ttcompile.errors import UserError
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format, get_format
 from ttcompile.plan import LayerPlan
@@ -142,6 +143,8 @@ class MixedSearch:
 
 def mixed_search(ctx: Context) -> MixedSearch:
     """Models of every layer in each of ``MIX_FORMATS`` it supports (layers none supports are skipped)."""
+    if ctx.modes:
+        raise UserError("--modes does not apply to --format auto (CP and Tucker-2 have no modes)")
     start = time.perf_counter()
     models: dict[str, dict[str, datafree.LayerModel]] = {}
     for lay in ctx.layers:
