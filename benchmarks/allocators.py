@@ -4,13 +4,14 @@
     python benchmarks/allocators.py --models lenet5 --finetune-epochs 0  # before fine-tuning only
 
 For each model, format (tt, tr), params budget (1/5, 1/10, 1/20, 1/50 of the compressible params; no layer
-may need more MACs than dense) and allocator (lwiq, uniform, energy, greedy): plan, rewrite (SVD-type
+may need more MACs than dense) and allocator (lwiq, uniform, energy, greedy, datafree): plan, rewrite (SVD-type
 decomposition of the trained weights), top-1 accuracy on the MNIST test set (10k); then exactly
 ``--finetune-epochs`` epoch(s) of the existing distillation (``ttcompile.train.finetune``, T = 4, from the
 original) on the first ``--train-samples`` (20,000) MNIST training images, and the accuracy again.
 Calibration: 1,000 MNIST validation images (``models/mnist_calib.npz``). Search time: lwiq = its analysis
 in that format (one calibration pass + the sensitivity curves) + the solve; greedy = its per-layer
-whole-model evaluations + the solve; uniform/energy = their tables + the solve. ``cut bonds``: bonds at
+whole-model evaluations + the solve; uniform/energy = their tables + the solve; datafree = its
+per-layer models + the solve (no data). ``cut bonds``: bonds at
 rank 1 with a cap > 2 in layers whose knob setting is above its minimum (should be 0; the fill phase may
 grow single bonds of a layer left at uniform rank 1, which is not counted).
 
@@ -47,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"lenet5": "lenet5_mnist.onnx", "resnet20": "resnet20_mnist.onnx", "resnet56": "resnet56_mnist.onnx"}
 FRACTIONS = (1 / 5, 1 / 10, 1 / 20, 1 / 50)
 # lwiq-top1: calibration labels removed (the model's top-1 is classified); lwiq-gain: weights w_l = LWIQ score
-ORDER = ("lwiq", "lwiq-top1", "lwiq-gain", "uniform", "energy", "greedy")
+ORDER = ("lwiq", "lwiq-top1", "lwiq-gain", "uniform", "energy", "greedy", "datafree")
 
 
 def cut_bonds(plan: Plan, found: Search, budget: Budget) -> int:
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     fractions = [1 / float(d) for d in args.fractions.split(",")]
 
     def save() -> None:
+        """Write the JSON and table; rows another run wrote to the same file meanwhile are kept."""
+        key = ("sha", "format", "fraction", "allocator")
+        ours = {tuple(r[k] for k in key) for r in result["rows"]}
+        disk = json.loads(path_json.read_text()) if path_json.exists() else {}
+        result["rows"] += [r for r in disk.get("rows", []) if tuple(r[k] for k in key) not in ours]
         write_bytes_atomic(path_json, (json.dumps(result, indent=1) + "\n").encode())
         write_bytes_atomic(out.with_suffix(".md"), markdown(result).encode())
 

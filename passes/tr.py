@@ -410,11 +410,14 @@ class TRFormat(Format):
         fn = _conv_cost if layer.kind == "conv" else _fc_cost
         return finish_cost(layer, *fn(layer, modes, ranks, options))
 
+    def tensor(self, weight: np.ndarray, layer: Layer, modes: dict) -> np.ndarray:
+        """The canonical weight as the d-way tensor in ring order, shape ``ring_dims``."""
+        tail = [-1] if layer.kind == "conv" else []
+        return weight.reshape(*modes["out"], *modes["in"], *tail).transpose(_ring_perm(layer, modes))
+
     def decompose(self, weight: np.ndarray, layer: Layer, modes: dict, ranks: list[int]) -> list[np.ndarray]:
         self.validate_ranks(layer, modes, ranks)
-        tail = [-1] if layer.kind == "conv" else []
-        tensor = weight.reshape(*modes["out"], *modes["in"], *tail).transpose(_ring_perm(layer, modes))
-        return tr_svd(tensor, ranks)
+        return tr_svd(self.tensor(weight, layer, modes), ranks)
 
     def reconstruct(self, cores: list[np.ndarray], layer: Layer, modes: dict) -> np.ndarray:
         full = tl.transpose(tr_full(cores), tuple(int(i) for i in np.argsort(_ring_perm(layer, modes))))

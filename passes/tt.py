@@ -316,16 +316,21 @@ class TTFormat(Format):
         macs = layer.rows * _fc_chain_macs(shapes, options["direction"])
         return finish_cost(layer, params, macs, 2 * len(shapes))
 
-    def decompose(self, weight: np.ndarray, layer: Layer, modes: dict, ranks: list[int]) -> list[np.ndarray]:
-        self.validate_ranks(layer, modes, ranks)
+    def tensor(self, weight: np.ndarray, layer: Layer, modes: dict) -> np.ndarray:
+        """The canonical weight as the d-way tensor the TT runs over, shape ``tt_dims``."""
         if layer.kind == "conv":
             o, c, q, p = modes["out"], modes["in"], len(modes["in"]), len(modes["out"])
-            t = weight.reshape(*o, *c, -1).transpose(*range(p + q - 1, p - 1, -1), p + q, *range(p))
-            return tt_svd(t, ranks)
+            return weight.reshape(*o, *c, -1).transpose(*range(p + q - 1, p - 1, -1), p + q, *range(p))
         m, n, d = modes["out"], modes["in"], len(modes["in"])
         t = weight.reshape(*m, *n).transpose([i for k in range(d) for i in (k, d + k)])
-        cores = tt_svd(t.reshape([mk * nk for mk, nk in zip(m, n)]), ranks)
-        return [cr.reshape(cr.shape[0], mk, nk, cr.shape[-1]) for cr, mk, nk in zip(cores, m, n)]
+        return t.reshape(self.tt_dims(layer, modes))
+
+    def decompose(self, weight: np.ndarray, layer: Layer, modes: dict, ranks: list[int]) -> list[np.ndarray]:
+        self.validate_ranks(layer, modes, ranks)
+        cores = tt_svd(self.tensor(weight, layer, modes), ranks)
+        if layer.kind == "conv":
+            return cores
+        return [cr.reshape(cr.shape[0], mk, nk, cr.shape[-1]) for cr, mk, nk in zip(cores, modes["out"], modes["in"])]
 
     def reconstruct(self, cores: list[np.ndarray], layer: Layer, modes: dict) -> np.ndarray:
         if layer.kind == "conv":

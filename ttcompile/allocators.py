@@ -1,4 +1,4 @@
-"""Rank allocators behind one interface: ``lwiq``, ``uniform``, ``energy``, ``greedy``.
+"""Rank allocators behind one interface: ``lwiq``, ``uniform``, ``energy``, ``greedy``, ``datafree``.
 
 Each allocator turns a model into a one-knob ``budget.Family`` of per-layer ranks (most compressed
 first); ``budget.solve`` bisects that knob to meet the budget, then fills the slack left by rank
@@ -32,6 +32,9 @@ R_{l,k})``.
   drop ``d_l(rho) = acc_ref - acc(l, rho)`` (labels: given, else the model's own top-1). At threshold
   delta each layer takes its smallest ratio with ``d_l(rho) <= delta``, or stays dense if none.
   Its score is ``d_l`` at its smallest ratio (sensitivity).
+* ``datafree`` (knob t = 1/lambda, no data): per layer, a continuous relaxation of the ranks on a modelled
+  truncation error plus the budgeted costs (``ttcompile.datafree``); with ``--format auto``, CP or
+  Tucker-2 per layer (``ttcompile.datafree_mix``, through ``Allocator.mixed_search``).
 
 Unless ``allow_more_macs``, a layer's ranks stop at the largest that need no more MACs than dense
 (``budget.MacCapped``), and a rewrite that does not save params stays dense (``plan.layer_plan``).
@@ -52,7 +55,7 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile import knapsack
+from ttcompile import datafree, knapsack
 from ttcompile.argtypes import batch_int
 from ttcompile.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
 from ttcompile.compress import rewrite_layer
@@ -97,6 +100,10 @@ class Allocator(ABC):
     @abstractmethod
     def family(self, ctx: Context, planner: Planner) -> tuple[Family, dict[str, float], dict]:
         """The knob family, per-layer scores (may be empty) and settings to record."""
+
+    def mixed_search(self, ctx: Context) -> Search:
+        """The search with a format per layer (``--format auto``)."""
+        raise UserError(f"--format auto with --budget needs --allocator datafree, not {self.name}")
 
 
 def _midpoints(steps: set[float]) -> list[float]:
@@ -283,8 +290,22 @@ class GreedyAllocator(Allocator):
         return Family("accuracy_drop", values, rank), {n: o[0][2] for n, o in options.items() if o}, info
 
 
+class DatafreeAllocator(Allocator):
+    name, needs = "datafree", ("model",)
+
+    def family(self, ctx, planner):
+        for_budget = datafree.cached_families(datafree.layer_models(ctx.model, planner), planner)
+        fam = replace(for_budget(Budget(params=1.0)), for_budget=for_budget)
+        return fam, {}, datafree.settings_info()
+
+    def mixed_search(self, ctx):
+        from ttcompile.datafree_mix import mixed_search
+
+        return mixed_search(ctx)
+
+
 ALLOCATORS: dict[str, Allocator] = {a.name: a for a in (LwiqAllocator(), UniformAllocator(), EnergyAllocator(),
-                                                         GreedyAllocator())}
+                                                         GreedyAllocator(), DatafreeAllocator())}
 
 
 @dataclass
@@ -321,6 +342,8 @@ def search(name: str, ctx: Context) -> Search:
     for need in alloc.needs:
         if getattr(ctx, need) is None:
             raise UserError(f"allocator {name} needs {need} (see --calib / --analysis)")
+    if ctx.fmt.name == "auto":  # a format per layer: the allocator plans each budget itself
+        return alloc.mixed_search(ctx)
     start = time.perf_counter()
     planner = Planner(ctx.layers, ctx.fmt, ctx.modes, ctx.allow_more_macs, ctx.latency)
     family, scores, info = alloc.family(ctx, planner)
@@ -368,7 +391,11 @@ def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer
     try:
         fmt = get_format(args.format)
     except KeyError:
-        raise UserError(f"unknown format {args.format!r}") from None
+        if args.format != "auto":
+            raise UserError(f"unknown format {args.format!r}") from None
+        from ttcompile.datafree_mix import ByLayer
+
+        fmt = ByLayer({})
     name = args.allocator or "lwiq"
     ctx = Context(args.model, file_sha256(args.model), layers, fmt, modes, args.allow_more_macs, model=model,
                   batch=args.calib_batch, progress=not getattr(args, "quiet", False), lwiq_weights=args.lwiq_weights)

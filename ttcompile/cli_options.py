@@ -55,7 +55,7 @@ def build_plan(args: argparse.Namespace):
     unknown = sorted(set(parse_mode_overrides(args.modes)) - {lay.name for lay in layers})
     if unknown:
         raise UserError(f"--modes names layers this model does not have: {', '.join(unknown)}")
-    if args.format == "auto":
+    if args.format == "auto" and getattr(args, "allocator", None) != "datafree":
         return model, _auto_plan(args, model, layers)
     budgeted = plan_from_args(args, model, layers, parse_mode_overrides(args.modes))
     if budgeted is not None:
@@ -74,7 +74,8 @@ def _auto_plan(args: argparse.Namespace, model, layers) -> Plan:
         raise UserError("--format auto picks each layer's format and ranks from --ratio; --rank does not apply")
     given = [f"--{k}" for k in ("modes", "budget") if getattr(args, k, None)]
     if given:
-        raise UserError(f"{', '.join(given)} cannot be combined with --format auto")
+        raise UserError(f"{', '.join(given)} cannot be combined with --format auto (except --budget with "
+                        "--allocator datafree)")
     return make_auto_plan(model, layers, ratio=0.1 if args.ratio is None else args.ratio, force=args.force,
                           allow_more_macs=args.allow_more_macs, model_path=args.model)
 
