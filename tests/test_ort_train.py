@@ -34,7 +34,7 @@ from ttcompile.models.data import Dataset  # noqa: E402
 from ttcompile.train import ort_checkpoints  # noqa: E402
 from ttcompile.train.ort_finetune import finetune_ort  # noqa: E402
 
-from train_helpers import finetune_args, finetune_files, mlp, perturbed, run_ort  # noqa: E402
+from train_helpers import distillation_task, finetune_args, finetune_files, mlp, perturbed, run_ort, weights  # noqa: E402
 
 FAST = dict(lr=1e-2, batch_size=50, progress=False, threads=1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,17 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def task():
-    """Teacher MLP 8-32-4, labels = its argmax on Gaussian inputs, a noisy copy as the student."""
-    rng = np.random.default_rng(1)
-    teacher = mlp(rng, (8, 32, 4))
-    x = rng.standard_normal((600, 8)).astype(np.float32)
-    y = run_ort(teacher, {"x": x})[0].argmax(1)
-    student = perturbed(teacher, rng)
-    return teacher, student, Dataset(x[:400], y[:400], "train"), Dataset(x[400:], y[400:], "val")
-
-
-def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return distillation_task()
 
 
 @pytest.mark.parametrize("labelled", [True, False])

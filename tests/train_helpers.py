@@ -86,3 +86,21 @@ def finetune_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return ["finetune", str(files["student.onnx"]), "--teacher", str(files["teacher.onnx"]),
             "--train", str(files["train.npz"]), "--val", str(files["val.npz"]), "-o", str(out),
             "--lr", "0.01", "--batch-size", "50", "--threads", "1", "--quiet", *extra]
+
+
+def distillation_task():
+    """Teacher MLP 8-32-4, labels = its argmax on Gaussian inputs, a noisy copy as the student:
+    (teacher, student, train Dataset of 400, val Dataset of 200)."""
+    from ttcompile.models.data import Dataset
+
+    rng = np.random.default_rng(1)
+    teacher = mlp(rng, (8, 32, 4))
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    y = run_ort(teacher, {"x": x})[0].argmax(1)
+    student = perturbed(teacher, rng)
+    return teacher, student, Dataset(x[:400], y[:400], "train"), Dataset(x[400:], y[400:], "val")
+
+
+def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers by name."""
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
