@@ -142,9 +142,10 @@ class LwiqAllocator(Allocator):
         weight = {lay.name: scores[lay.name] if ctx.lwiq_weights == "gain" else 1.0 for lay in planner.active}
         base = planner.base()
 
+        points = {lay.name: _points(planner, lay, curves[lay.name], weight[lay.name]) for lay in planner.active}
+
         def for_budget(budget: Budget) -> Family:
             metrics = [m for m in ("params", "macs") if getattr(budget, m) is not None and base[m]]
-            points = {lay.name: _points(planner, lay, curves[lay.name], weight[lay.name]) for lay in planner.active}
             hulls = {n: lower_hull([(_cost(size, metrics, base), d, key) for key, size, d in pts])
                      for n, pts in points.items()}
             steps = {t for h in hulls.values() for t in h.breakpoints}
