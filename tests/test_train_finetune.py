@@ -15,7 +15,7 @@ from ttcompile.models.data import Dataset  # noqa: E402
 from ttcompile.train.finetune import distillation_loss, finetune  # noqa: E402
 from ttcompile.train.hooks import TrainHook  # noqa: E402
 
-from train_helpers import distillation_task, mlp, run_ort, weights  # noqa: E402
+from train_helpers import assert_same_run, distillation_task, mlp, run_ort, weights  # noqa: E402
 
 FAST = dict(lr=1e-2, batch_size=50, progress=False, threads=1)
 
@@ -75,10 +75,7 @@ def test_interrupted_run_resumes_to_the_same_result(task, tmp_path: Path):
     out, history = finetune(student, teacher, train, val, epochs=3, checkpoint=ckpt, resume=True,
                             hooks=[Interrupt(0)], **FAST)
     assert [e.epoch for e in history.epochs] == [1, 2, 3]
-    assert [e.val for e in history.epochs] == [e.val for e in ref_history.epochs]
-    assert history.initial_val == ref_history.initial_val
-    for name, w in weights(out).items():
-        np.testing.assert_allclose(w, weights(reference)[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert_same_run(out, history, reference, ref_history)
 
 
 def test_finished_run_extends_with_more_epochs(task, tmp_path: Path):

@@ -104,3 +104,12 @@ def distillation_task():
 def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Initializers by name."""
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def assert_same_run(out: onnx.ModelProto, history, reference: onnx.ModelProto, ref_history) -> None:
+    """A resumed run ended where the uninterrupted one did: same epochs, validation scores and weights."""
+    assert [e.epoch for e in history.epochs] == [e.epoch for e in ref_history.epochs]
+    assert [e.val for e in history.epochs] == [e.val for e in ref_history.epochs]
+    assert history.initial_val == ref_history.initial_val
+    for name, w in weights(out).items():
+        np.testing.assert_allclose(w, weights(reference)[name], rtol=1e-5, atol=1e-6, err_msg=name)
