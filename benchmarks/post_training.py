@@ -108,8 +108,9 @@ def run_budget(model_path: Path, budget: float, args, calib_npz: Path, x: np.nda
     if args.epochs > 0:
         s = Settings(epochs=args.epochs, progress=False)
         t0 = time.perf_counter()
-        tuned = distil(recovered, teacher, x, s)
+        tuned, record = distil(recovered, teacher, x, s)
         add("data+layer+model", None, time.perf_counter() - t0, tuned)
+        rows[-1]["distillation"] = record
     return rows
 
 
@@ -122,8 +123,10 @@ def markdown(rows: list[dict], skipped: list[str], commands: list[dict], notes: 
              "| model | budget | achieved | allocator | format | variant | accuracy | stage s | moments s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        d = r.get("distillation")
+        variant = r["variant"] + ("" if d is None else f" ({'kept' if d['kept'] else 'not kept'}, lr {d['lr']:g})")
         lines.append(f"| {r['model']} | 1/{round(1 / r['budget'])} | {r['achieved_cr']:.1f}x | {r['allocator']} | "
-                     f"{r['format']} | {r['variant']} | {100 * r['accuracy']:.2f} % | {r['stage_s']:.1f} | "
+                     f"{r['format']} | {variant} | {100 * r['accuracy']:.2f} % | {r['stage_s']:.1f} | "
                      f"{r['moments_s']:.1f} |")
     if skipped:
         lines += ["", *[f"- skipped: {s}" for s in skipped]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -148,3 +149,36 @@ def test_calibration_samples_fill_dynamic_input_dims(tmp_path):
     assert calibration_inputs(str(good), proto).shape == (5, 3, 12, 10)
     with pytest.raises(UserError, match="bad.npz"):
         calibration_inputs(str(bad), proto)
+
+
+def test_distillation_is_kept_only_when_it_fits_the_original_better(tmp_path):
+    """``--recover model`` never writes a worse fit: a student already equal to the teacher (KL 0) comes back
+    unchanged; a weight-initialised low-rank student comes back tuned, with a lower KL on the samples."""
+    from ttcompile.calibrated import Settings, distil
+
+    proto, model, plan, x, mom = prepared(tmp_path, "tt", 0.2)
+    settings = Settings(epochs=3, lr=3e-2, progress=False)
+    same, record = distil(proto, proto, x, settings)
+    assert same is proto and not record["kept"] and record["fit_before"] == {"agreement": 1.0, "kl": 0.0}
+    student = ir.to_proto(compressed_model(model, plan, initial_states(model, plan, mom, data_init=False,
+                                                                       progress=False)))
+    tuned, record = distil(student, proto, x, settings)
+    assert record["kept"] and tuned is not student
+    assert record["fit_after"]["kl"] < record["fit_before"]["kl"]
+    assert record["fit_after"]["agreement"] >= record["fit_before"]["agreement"]
+
+
+def test_compress_cli_recover_model_records_the_distillation(tmp_path, capsys):
+    onnx.save(conv_net(), tmp_path / "net.onnx")
+    np.savez(tmp_path / "calib.npz", x=calib())
+    out = tmp_path / "out.onnx"
+    argv = ["compress", str(tmp_path / "net.onnx"), "-o", str(out), "--calib", str(tmp_path / "calib.npz"),
+            "--budget", "params=0.3", "--allocator", "uniform", "--format", "tt", "--recover", "model",
+            "--recover-epochs", "2", "--quiet"]
+    assert main(argv) == 0
+    assert re.search(r"distillation on the calibration samples \(2 epochs, lr 0.0001\).*: (kept|not kept)",
+                     capsys.readouterr().out)
+    record = json.loads(out.with_suffix(".plan.json").read_text())["settings"]["calibration"]["distillation"]
+    assert record["lr"] == 1e-4 and record["epochs"] == 2 and set(record["fit_after"]) == {"agreement", "kl"}
+    assert main([*argv[:3], str(tmp_path / "bad.onnx"), *argv[4:], "--recover-lr", "0"]) == 2
+    assert "--recover-lr must be a positive number" in capsys.readouterr().err
