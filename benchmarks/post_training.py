@@ -14,7 +14,7 @@ images, labels dropped, saved as an x-only .npz), then four models, each evaluat
 
 Wall times: ``moments`` (one pass of the original), each stage's own time, single-threaded torch/ORT.
 A model file that is missing is skipped with the reason. Writes ``benchmarks/results/post_training.{md,json}``;
-a rerun replaces the rows of the same model, allocator and format and keeps the others.
+a rerun replaces the rows of the same model, allocator, format and budget and keeps the others.
 """
 
 from __future__ import annotations
@@ -158,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     names = args.models.split(",")
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    budgets = [float(b) for b in args.budgets.split(",")]
+
     def same_run(r: dict) -> bool:
-        return r["model"] in names and r["allocator"] == args.allocator and r["format"] == args.format
+        return (r["model"] in names and r["allocator"] == args.allocator and r["format"] == args.format
+                and any(abs(r["budget"] - b) < 1e-9 for b in budgets))
 
     rows = [r for r in old.get("rows", []) if not same_run(r)]  # other models' and settings' rows are kept
     skipped = [s for s in old.get("skipped", []) if s.split(":")[0] not in names]
-    key = f"{args.models} ({args.allocator}, {args.format})"
+    key = f"{args.models} ({args.allocator}, {args.format}, budgets {args.budgets})"
     commands = [c for c in old.get("commands", []) if c["models"] != key]
     command = "python benchmarks/post_training.py " + " ".join(argv if argv is not None else sys.argv[1:])
     commands.append({"models": key, "command": command})
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(skipped[-1], flush=True)
                 continue
             x = calibration_inputs(str(calib_npz), to_proto(ir.load(path)))
-            for budget in map(float, args.budgets.split(",")):
+            for budget in budgets:
                 for r in run_budget(path, budget, args, calib_npz, x, test):
                     rows.append({"model": name, **r})
                 write(out, rows, skipped, commands, old.get("notes", []))
