@@ -49,21 +49,24 @@ from __future__ import annotations
 import argparse
 import time
 from abc import ABC, abstractmethod
+from copy import deepcopy
 from dataclasses import dataclass, replace
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
 from ttcompile import datafree, knapsack
 from ttcompile.argtypes import batch_int
-from ttcompile.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
-from ttcompile.compress import rewrite_layer
+from ttcompile.budget import Budget, Family, Planner, Solution, parse_budget, scaled_ranks, solve
+from ttcompile.compress import apply_plan, rewrite_layer
 from ttcompile.errors import UserError
 from ttcompile.features import Calibration, load_calibration, predict
-from ttcompile.graph import to_proto
+from ttcompile.graph import load_model, to_proto
 from ttcompile.hull import lower_hull
 from ttcompile.latency import LatencyBudget, latency_from_args
+from ttcompile.latency_loop import closed_loop
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.lwiq import Analysis, analyze
 from ttcompile.passes.base import Format, get_format
@@ -326,13 +329,30 @@ class Search:
         (``search_time_s`` = this search + the solve; for lwiq the analysis time is in ``analysis``)."""
         start = time.perf_counter()
         family = self.family.for_budget(budget) if self.family.for_budget else self.family
-        sol = solve(self.planner, family, budget)
+        if budget.latency is not None and self.planner.latency is not None:
+            sol = closed_loop(lambda b: solve(self.planner, family, b), self._measure, budget,
+                              self.planner.latency.model_ms)
+            sol.report["budget"] = str(budget)
+        else:
+            sol = solve(self.planner, family, budget)
         solve_s = time.perf_counter() - start
         plans = [replace(lp, score=self.scores.get(lp.name)) for lp in sol.plans]
         settings = {"format": self.ctx.fmt.name, "allocator": self.name, "allow_more_macs": self.ctx.allow_more_macs,
                     "knob": {"name": sol.knob, "value": sol.value}, "budget": sol.report,
                     "search_time_s": round(self.time_s + solve_s, 4), "solve_time_s": round(solve_s, 4), **self.info}
         return Plan(self.ctx.model_path, self.ctx.model_sha256, settings, plans)
+
+
+    def _measure(self, sol: Solution) -> float:
+        """Whole-model latency of ``sol`` (weight cores) over the original's, timed interleaved."""
+        def build() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+            original = to_proto(self.ctx.model if self.ctx.model is not None else load_model(self.ctx.model_path))
+            compressed = ir.from_proto(original)
+            apply_plan(compressed, Plan(self.ctx.model_path, self.ctx.model_sha256, {}, deepcopy(sol.plans)),
+                       progress=False)
+            return original, to_proto(compressed)
+
+        return self.planner.latency.table.ratio(self.ctx.model_sha256, sol.plans, build)
 
 
 def search(name: str, ctx: Context) -> Search:

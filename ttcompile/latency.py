@@ -20,7 +20,9 @@ A chain counts as faster only when ``c_l <= (1 - MIN_GAIN) d_l`` (the noise marg
 Cache: ``$TTCOMPILE_CACHE/latency/<provider>-b<batch>-t<threads>.json`` (default ``~/.cache/ttcompile``),
 holding the environment it was measured in (ORT version, CPU model, provider, batch, threads) and
 entries keyed by the layer's signature (op, shapes, attributes, format, modes, ranks, realization), and
-references keyed by the model file's SHA-256. A file whose environment differs from the current one is discarded
+references keyed by the model file's SHA-256 (with the closed loop's whole-model ratios,
+``ttcompile.latency_loop``, keyed by the compressed layers' signatures). A file whose environment differs
+from the current one is discarded
 (re-measured), so any change of a key part re-measures and an unchanged one never does. A table
 answers at most ``max_candidates`` distinct candidates per layer group (the layer's signature without
 format and ranks), cached or measured, so one solve times at most that many pairs per layer and gives the
@@ -30,6 +32,7 @@ dense there).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import tempfile
@@ -190,12 +193,25 @@ class LatencyTable:
         key = file_sha256(path)
         groups = {layer_group(lay): lay for lay in layers}
         ref = self.models.get(key)
-        if ref is None or not set(groups) <= set(ref["dense_ms"]):
+        if ref is None or not set(groups) <= set(ref.get("dense_ms", ())):
             times = self._time([onnx.load(path), *(dense_model(lay, self.env.batch) for lay in groups.values())],
                                REFERENCE_MIN_TIME_S)
-            ref = self.models[key] = {"model_ms": times[0], "dense_ms": dict(zip(groups, times[1:]))}
+            ref = self.models[key] = {**(ref or {}), "model_ms": times[0], "dense_ms": dict(zip(groups, times[1:]))}
             self.save()
         return ref["model_ms"], ref["dense_ms"]
+
+    def ratio(self, model_sha256: str, plans: list[LayerPlan],
+              build: Callable[[], tuple[onnx.ModelProto, onnx.ModelProto]]) -> float:
+        """Whole compressed model over the original (``build() -> (original, compressed)``), timed interleaved;
+        cached under the original's SHA-256 and the compressed layers' signatures."""
+        key = hashlib.sha256("\n".join(sorted(signature(lp) for lp in plans if lp.action == "compress"))
+                             .encode()).hexdigest()
+        whole = self.models.setdefault(model_sha256, {}).setdefault("whole", {})
+        if key not in whole:
+            orig_ms, comp_ms = self._time(list(build()), REFERENCE_MIN_TIME_S)
+            whole[key] = comp_ms / orig_ms
+            self.save()
+        return whole[key]
 
     def close(self) -> None:
         if self._bar is not None:

@@ -1,0 +1,57 @@
+"""Closed-loop latency budget (ttcompile.latency_loop) on a synthetic solver whose additive prediction is off."""
+
+import pytest
+
+from ttcompile.budget import Budget, BudgetInfeasible, Solution
+from ttcompile.latency_loop import closed_loop
+
+MODEL_MS = 10.0
+
+
+def solver(true_scale: float, floor: float = 0.0, feasible_from: float = 0.0):
+    """A solve that meets any asked fraction >= ``feasible_from`` by its own additive model; the real model
+    runs at ``true_scale`` times that (never under ``floor``). Returns (solve, measure)."""
+
+    def solve(budget: Budget) -> Solution:
+        if budget.latency < feasible_from:
+            raise BudgetInfeasible(f"latency={budget.latency} infeasible")
+        report = {"budget": str(budget), "targets": {"latency": budget.latency * MODEL_MS}, "of_target": {},
+                  "latency": {"predicted_ms": budget.latency * MODEL_MS, "target_ms": budget.latency * MODEL_MS}}
+        return Solution([], "ratio", budget.latency, report)
+
+    def measure(sol: Solution) -> float:
+        return max(floor, sol.value * true_scale)
+
+    return solve, measure
+
+
+@pytest.mark.parametrize("scale", [0.6, 0.8, 1.3])
+def test_closed_loop_meets_the_target_on_the_whole_model(scale):
+    solve, measure = solver(scale)
+    sol = closed_loop(solve, measure, Budget(latency=0.5), MODEL_MS)
+    lat = sol.report["latency"]
+    loop = lat["closed_loop"]
+    assert loop["met"] and 0.95 * 0.5 <= lat["predicted_ms"] / MODEL_MS <= 0.5
+    assert lat["target_ms"] == pytest.approx(5.0) and lat["additive_ms"] == pytest.approx(sol.value * MODEL_MS)
+    assert len(loop["rounds"]) == 2  # one correction suffices when the error is a constant factor
+    assert sol.report["of_target"]["latency"] <= 1
+
+
+def test_closed_loop_reports_a_target_it_cannot_meet():
+    solve, measure = solver(1.3, floor=0.7, feasible_from=0.2)  # the model cannot get under 0.7 of the original
+    sol = closed_loop(solve, measure, Budget(latency=0.5), MODEL_MS)
+    loop = sol.report["latency"]["closed_loop"]
+    assert not loop["met"] and sol.report["latency"]["predicted_ms"] == pytest.approx(7.0)
+
+
+def test_closed_loop_raises_when_the_first_solve_is_infeasible():
+    solve, measure = solver(1.0, feasible_from=0.9)
+    with pytest.raises(BudgetInfeasible):
+        closed_loop(solve, measure, Budget(latency=0.5), MODEL_MS)
+
+
+def test_closed_loop_takes_milliseconds_as_an_absolute_target():
+    solve, measure = solver(0.8)
+    sol = closed_loop(solve, measure, Budget(latency=4.0), MODEL_MS)  # 4 ms of 10 ms
+    assert sol.report["latency"]["closed_loop"]["goal"] == pytest.approx(0.4)
+    assert sol.report["latency"]["predicted_ms"] <= 4.0
