@@ -19,8 +19,8 @@ def solver(true_scale: float, floor: float = 0.0, feasible_from: float = 0.0):
                   "latency": {"predicted_ms": budget.latency * MODEL_MS, "target_ms": budget.latency * MODEL_MS}}
         return Solution([], "ratio", budget.latency, report)
 
-    def measure(sol: Solution) -> float:
-        return max(floor, sol.value * true_scale)
+    def measure(sol: Solution, samples: int) -> tuple[float, str]:
+        return max(floor, sol.value * true_scale), f"{sol.value:.12g}"
 
     return solve, measure
 
@@ -55,3 +55,32 @@ def test_closed_loop_takes_milliseconds_as_an_absolute_target():
     sol = closed_loop(solve, measure, Budget(latency=4.0), MODEL_MS)  # 4 ms of 10 ms
     assert sol.report["latency"]["closed_loop"]["goal"] == pytest.approx(0.4)
     assert sol.report["latency"]["predicted_ms"] <= 4.0
+
+
+def test_closed_loop_stops_when_the_solver_repeats_a_plan():
+    solve, _ = solver(0.8)
+    calls = []
+
+    def measure(sol: Solution, samples: int) -> tuple[float, str]:
+        calls.append(samples)
+        return 0.3, "same plan"  # e.g. the knob's next step is beyond every corrected target
+
+    sol = closed_loop(lambda b: solve(Budget(latency=0.5)), measure, Budget(latency=0.5), MODEL_MS)
+    assert len(sol.report["latency"]["closed_loop"]["rounds"]) == 2 and calls == [1, 1, 3]
+
+
+def test_closed_loop_confirms_the_kept_plan_with_more_timings():
+    solve, _ = solver(1.0)
+    timings = {}
+
+    def measure(sol: Solution, samples: int) -> tuple[float, str]:
+        key = f"{sol.value:.12g}"
+        got = timings.setdefault(key, [])
+        while len(got) < samples:  # this plan's first timing was 10 % low, the next ones are not
+            got.append(sol.value * (0.9 if not got else 1.08))
+        return sorted(got)[len(got) // 2], key
+
+    sol = closed_loop(solve, measure, Budget(latency=0.5), MODEL_MS)
+    lat = sol.report["latency"]
+    assert lat["predicted_ms"] == pytest.approx(sol.value * 1.08 * MODEL_MS)  # the median, not the lucky timing
+    assert lat["closed_loop"]["met"] == (sol.value * 1.08 <= 0.5)

@@ -65,7 +65,7 @@ from ttcompile.errors import UserError
 from ttcompile.features import Calibration, load_calibration, predict
 from ttcompile.graph import load_model, to_proto
 from ttcompile.hull import lower_hull
-from ttcompile.latency import LatencyBudget, latency_from_args
+from ttcompile.latency import LatencyBudget, latency_from_args, plan_key
 from ttcompile.latency_loop import closed_loop
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.lwiq import Analysis, analyze
@@ -343,8 +343,9 @@ class Search:
         return Plan(self.ctx.model_path, self.ctx.model_sha256, settings, plans)
 
 
-    def _measure(self, sol: Solution) -> float:
-        """Whole-model latency of ``sol`` (weight cores) over the original's, timed interleaved."""
+    def _measure(self, sol: Solution, samples: int) -> tuple[float, str]:
+        """Whole-model latency of ``sol`` (weight cores) over the original's, timed interleaved (median of
+        ``samples`` timings), and the plan's key."""
         def build() -> tuple[onnx.ModelProto, onnx.ModelProto]:
             original = to_proto(self.ctx.model if self.ctx.model is not None else load_model(self.ctx.model_path))
             compressed = ir.from_proto(original)
@@ -352,7 +353,8 @@ class Search:
                        progress=False)
             return original, to_proto(compressed)
 
-        return self.planner.latency.table.ratio(self.ctx.model_sha256, sol.plans, build)
+        table = self.planner.latency.table
+        return table.ratio(self.ctx.model_sha256, sol.plans, build, samples), plan_key(sol.plans)
 
 
 def search(name: str, ctx: Context) -> Search:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -107,6 +108,12 @@ def signature(lp: LayerPlan) -> str:
     """Cache key of a compressed layer: the layer's key plus format, modes, ranks and realization."""
     return json.dumps({**layer_key(lp.layer), "format": lp.format, "modes": lp.modes, "ranks": lp.ranks,
                        "options": lp.options}, sort_keys=True, separators=(",", ":"))
+
+
+def plan_key(plans: list[LayerPlan]) -> str:
+    """Cache key of a whole plan: SHA-256 of its compressed layers' sorted signatures."""
+    return hashlib.sha256("\n".join(sorted(signature(lp) for lp in plans if lp.action == "compress"))
+                          .encode()).hexdigest()
 
 
 Timer = Callable[[list[Path], Env, float], list[float]]
@@ -201,17 +208,19 @@ class LatencyTable:
         return ref["model_ms"], ref["dense_ms"]
 
     def ratio(self, model_sha256: str, plans: list[LayerPlan],
-              build: Callable[[], tuple[onnx.ModelProto, onnx.ModelProto]]) -> float:
-        """Whole compressed model over the original (``build() -> (original, compressed)``), timed interleaved;
-        cached under the original's SHA-256 and the compressed layers' signatures."""
-        key = hashlib.sha256("\n".join(sorted(signature(lp) for lp in plans if lp.action == "compress"))
-                             .encode()).hexdigest()
+              build: Callable[[], tuple[onnx.ModelProto, onnx.ModelProto]], samples: int = 1) -> float:
+        """Whole compressed model over the original (``build() -> (original, compressed)``), timed interleaved
+        until ``samples`` timings of this plan exist; their median. Cached under the original's SHA-256 and
+        ``plan_key(plans)``."""
         whole = self.models.setdefault(model_sha256, {}).setdefault("whole", {})
-        if key not in whole:
-            orig_ms, comp_ms = self._time(list(build()), REFERENCE_MIN_TIME_S)
-            whole[key] = comp_ms / orig_ms
+        times = whole.setdefault(plan_key(plans), [])
+        if len(times) < samples:
+            protos = list(build())
+            while len(times) < samples:
+                orig_ms, comp_ms = self._time(protos, REFERENCE_MIN_TIME_S)
+                times.append(comp_ms / orig_ms)
             self.save()
-        return whole[key]
+        return statistics.median(times)
 
     def close(self) -> None:
         if self._bar is not None:
