@@ -45,6 +45,7 @@ from ttcompile.layers import Layer, find_layers
 from ttcompile.models.data import Dataset, load_dataset
 from ttcompile.passes import get_format
 from ttcompile.plan import Plan, make_plan, ranks_for_ratio
+from ttcompile.plot import Pareto, Point, write_pareto
 from ttcompile.tables import align
 
 MODELS = {"lenet5": Path("models/lenet5_mnist.onnx"), "resnet20": Path("models/resnet20_mnist.onnx")}
@@ -215,6 +216,24 @@ def markdown(result: dict) -> str:
         *notes, "", ANSWER, ""])
 
 
+def pareto(result: dict) -> Pareto:
+    """Test accuracy (no fine-tuning) vs whole-network params per format; one front per model."""
+    points = []
+    for name, entry in result["models"].items():
+        accuracy = next(iter(entry["original"].values()))["accuracy"]
+        points.append(Point(entry["params"], 100 * accuracy, "original", name, name))
+        points += [Point(r["params"], 100 * r["accuracy"], r["format"], name) for r in entry["rows"]
+                   if "accuracy" in r and "params" in r]
+    return Pareto(points, "params (whole network)", "MNIST test accuracy (%, no fine-tuning)",
+                  "Formats at the same params ratios", [", ".join(result["models"]) + "; one front per model"])
+
+
+def write_results(result: dict) -> None:
+    """formats.md and formats.png from ``result`` (the contents of formats.json)."""
+    (RESULTS / "formats.md").write_text(markdown(result))
+    write_pareto(RESULTS / "formats.png", pareto(result))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
@@ -223,10 +242,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.1, help="seconds timed per batch size and round")
     p.add_argument("--samples", type=int, default=10000, help="test samples for accuracy (default all 10k)")
-    p.add_argument("--render", action="store_true", help="only rewrite formats.md from formats.json")
+    p.add_argument("--render", action="store_true", help="only rewrite formats.md and .png from formats.json")
     args = p.parse_args()
     if args.render:
-        (RESULTS / "formats.md").write_text(markdown(json.loads((RESULTS / "formats.json").read_text())))
+        write_results(json.loads((RESULTS / "formats.json").read_text()))
         return 0
     args.batches = [int(b) for b in args.batches.split(",")]
     test = load_dataset("mnist:test")
@@ -261,7 +280,7 @@ def main() -> int:
             result["models"][name] = entry
             result["missing"] = [m for m in MODELS if m not in result["models"]]
             json_path.write_text(json.dumps(result, indent=1) + "\n")
-            (RESULTS / "formats.md").write_text(markdown(result))
+            write_results(result)
     return 0
 
 

@@ -34,6 +34,7 @@ from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.models.data import load_dataset
 from ttcompile.plan import Plan, file_sha256, make_plan
+from ttcompile.plot import Pareto, Point, write_pareto
 from ttcompile.rank_select import Settings, compress_and_train
 from ttcompile.runtime import make_session
 from ttcompile.tables import align
@@ -114,9 +115,10 @@ class Bench:
 
     def save(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        self.json_path.write_text(json.dumps({"model": str(MODEL), "model_sha256": self.sha, "base_params": self.base,
-                                              "rows": self.rows}, indent=1) + "\n")
+        doc = {"model": str(MODEL), "model_sha256": self.sha, "base_params": self.base, "rows": self.rows}
+        self.json_path.write_text(json.dumps(doc, indent=1) + "\n")
         (RESULTS / "lenet5_mnist.md").write_text(self.markdown())
+        write_pareto(RESULTS / "lenet5_mnist.png", pareto(doc))
 
     def markdown(self) -> str:
         headers = ["method", "test acc (%)", "params (whole net)", "compression", "epochs", "wall (s)"]
@@ -149,6 +151,13 @@ class Bench:
 
 def invocation() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def pareto(doc: dict) -> Pareto:
+    """Test accuracy vs whole-network params of our rows (the trained baseline and its compressions)."""
+    points = [Point(r["params"], 100 * r["test_acc"], "original" if key == "baseline" else "compressed", label=key)
+              for key, r in doc["rows"].items()]
+    return Pareto(points, "params (whole network)", "MNIST test accuracy (%)", "LeNet-5 on MNIST: TR, ℓ0 and LWIQ rows")
 
 
 def main() -> int:

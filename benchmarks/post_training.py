@@ -40,6 +40,7 @@ from ttcompile.features import model_input, predict  # noqa: E402
 from ttcompile.graph import to_proto  # noqa: E402
 from ttcompile.models.data import load_dataset  # noqa: E402
 from ttcompile.moments import accumulate  # noqa: E402
+from ttcompile.plot import Pareto, Point, write_pareto  # noqa: E402
 from ttcompile.recovery import compressed_model, initial_states, recover  # noqa: E402
 from ttcompile.runtime import make_session  # noqa: E402, F401  (ORT thread settings live there)
 
@@ -135,11 +136,21 @@ def markdown(rows: list[dict], skipped: list[str], commands: list[dict], notes: 
     return "\n".join(lines) + "\n"
 
 
+def pareto(doc: dict) -> Pareto:
+    """Test accuracy vs params kept per format, allocator and stage (no fine-tuning); one front per model."""
+    points = [Point(100 / r["achieved_cr"], 100 * r["accuracy"], f"{r['format']} {r['allocator']} {r['variant']}",
+                    r["model"]) for r in doc["rows"] if r.get("accuracy") is not None and r.get("achieved_cr")]
+    return Pareto(points, "compressible-layer params kept (% of the original)", "MNIST test accuracy (%)",
+                  "Post-training compression: weight / data / layer / model stages",
+                  [", ".join(dict.fromkeys(r["model"] for r in doc["rows"])) + "; one front per model"])
+
+
 def write(out: Path, rows: list[dict], skipped: list[str], commands: list[dict], notes: list[str] = ()) -> None:
     """Both result files; ``notes`` (measured elsewhere, with their commands) are kept across runs."""
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "skipped": skipped, "commands": commands,
-                                                    "notes": list(notes)}, indent=1) + "\n")
+    doc = {"rows": rows, "skipped": skipped, "commands": commands, "notes": list(notes)}
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, skipped, commands, notes))
+    write_pareto(out.with_suffix(".png"), pareto(doc))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,13 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="also draw accuracy (or agreement) vs file size, coloured by "
+                        "latency at the first --batch size, as a PNG")
 
 
 def run(args: argparse.Namespace) -> int:
     from ttcompile.bench import benchmark
     from ttcompile.report import format_table, write_json
 
-    check_outputs([*(("MODEL", m) for m in args.models), ("--data", args.data)], [("--json", args.json)])
+    check_outputs([*(("MODEL", m) for m in args.models), ("--data", args.data)],
+                  [("--json", args.json), ("--plot", args.plot)])
     data = None
     if args.data:
         from ttcompile.models.data import load_dataset
@@ -58,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if args.json:
         write_json(report, args.json)
+    if args.plot:
+        from ttcompile.plot import bench_figure, write_png
+
+        write_png(bench_figure(report), args.plot)
     return 0
 
 
