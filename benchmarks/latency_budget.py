@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ttcompile.latency import cpu_model
 from ttcompile.models.mnist import cache_dir
+from ttcompile.planning.latency import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

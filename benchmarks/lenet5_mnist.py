@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ttcompile.counting import count_params
+from ttcompile.benchmark.tables import align
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.models.data import load_dataset
-from ttcompile.plan import Plan, file_sha256, make_plan
-from ttcompile.rank_select import Settings, compress_and_train
+from ttcompile.planning.plan import Plan, file_sha256, make_plan
+from ttcompile.rewrite.counting import count_params
 from ttcompile.runtime import make_session
-from ttcompile.tables import align
+from ttcompile.train.rank_select import Settings, compress_and_train
 
 MODEL = Path("models/lenet5_mnist.onnx")
 CALIB = Path("models/mnist_calib.npz")  # 1,000 MNIST validation images
@@ -77,7 +77,7 @@ class Bench:
 
     def lwiq_plan(self, params: int) -> Plan:
         """LWIQ plan whose whole model has ``params`` parameters (the budget counts the layers only)."""
-        from ttcompile.allocators import plan_from_args
+        from ttcompile.planning.allocators import plan_from_args
 
         layers = find_layers(self.ir_model)
         budget = params - (self.base - sum(lay.params for lay in layers))
@@ -137,7 +137,7 @@ class Bench:
             "2-3, and Cao's per-bond mean penalty pushes each gate of such a bond about 24× harder than a gate of a "
             "rank-25 bond: those bonds drop to rank 1 (row 'per-bond mean', 84 %). The layer-normalised penalty "
             "(1/(R-1) per gate, identical to Cao's when all bonds have one size) avoids that. The LWIQ rows use "
-            "the measured-sensitivity allocator (ttcompile.sensitivity) and as many epochs as the ℓ0 row at "
+            "the measured-sensitivity allocator (ttcompile.analysis.sensitivity) and as many epochs as the ℓ0 row at "
             "their budget.", "",
             "Paper rows (Cao et al., IJCAI 2024, mean of 5 runs, 150 epochs from random init):", "",
             *align(headers, paper), "",

@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import ttcompile.cmd_compress as cmd_compress
+import ttcompile.cli.cmd_compress as cmd_compress
 from ttcompile.cli import main
 from ttcompile.errors import EXIT_VERIFY
-from ttcompile.gate import CEILING, FLOOR, FP16_FLOOR, floor_for, judge, predicted_limit
 from ttcompile.models.data import embedded
+from ttcompile.rewrite.gate import CEILING, FLOOR, FP16_FLOOR, floor_for, judge, predicted_limit
 
 from graphs import gemm_model, mlp_model
 

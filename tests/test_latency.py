@@ -12,13 +12,14 @@ import numpy as np
 import onnx
 import pytest
 
-from ttcompile.allocators import Context, allocate
-from ttcompile.bench import BenchReport, ModelResult, Timing
-from ttcompile.budget import Budget, Planner, parse_budget
+from ttcompile.benchmark.bench import BenchReport, ModelResult, Timing
 from ttcompile.cli import main
-from ttcompile.counting import total_macs
 from ttcompile.graph import load_model
-from ttcompile.latency import (
+from ttcompile.layers import find_layers
+from ttcompile.passes.base import get_format
+from ttcompile.planning.allocators import Context, allocate
+from ttcompile.planning.budget import Budget, Planner, parse_budget
+from ttcompile.planning.latency import (
     Env,
     LatencyBudget,
     LatencyTable,
@@ -28,9 +29,8 @@ from ttcompile.latency import (
     current_env,
     layer_group,
 )
-from ttcompile.layers import find_layers
-from ttcompile.passes.base import get_format
-from ttcompile.plan import file_sha256, layer_plan
+from ttcompile.planning.plan import file_sha256, layer_plan
+from ttcompile.rewrite.counting import total_macs
 
 from graphs import gemm_model
 

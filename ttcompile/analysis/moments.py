@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.features import BatchRunner, ModelInput
+from ttcompile.analysis.features import BatchRunner, ModelInput
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
 

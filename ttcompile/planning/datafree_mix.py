@@ -1,7 +1,7 @@
 """``--format auto --allocator datafree``: CP or Tucker-2 per layer, chosen on the datafree composite loss.
 
 As in the unified-framework seed, each layer may take either decomposition (on Gemm/MatMul both are
-the two-factor SVD form). Per budget (our formulation, see ``ttcompile.datafree``): every layer gets
+the two-factor SVD form). Per budget (our formulation, see ``ttcompile.planning.datafree``): every layer gets
 one error/cost model per candidate format (``MIX_FORMATS``); at knob t each layer's format is the one
 whose optimum (``datafree.optimise``) has the lower objective ``t E + sum_m C_m / base_m``, ties to the
 first of ``MIX_FORMATS``. t is bisected on the *relaxed* sizes (multilinear plain-chain cost of those
@@ -17,13 +17,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ttcompile import datafree
-from ttcompile.allocators import Context, Search
-from ttcompile.budget import Budget, Planner
 from ttcompile.errors import UserError
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format, get_format
-from ttcompile.plan import LayerPlan
+from ttcompile.planning import datafree
+from ttcompile.planning.allocators import Context, Search
+from ttcompile.planning.budget import Budget, Planner
+from ttcompile.planning.plan import LayerPlan
 
 MIX_FORMATS = ("tucker", "cp")
 

@@ -8,18 +8,18 @@ budgets. ``R_{l,k}`` are the format's rank caps
 (``Format.max_ranks`` at the layer's modes) and ``scaled_ranks(R, x) = clip(floor(x R_{l,k} + 1/2), 1,
 R_{l,k})``.
 
-* ``lwiq`` (knob t = 1/lambda): the sensitivity curves of ``ttcompile.sensitivity`` (measured once by
+* ``lwiq`` (knob t = 1/lambda): the sensitivity curves of ``ttcompile.analysis.sensitivity`` (measured once by
   ``ttcompile analyze`` in the plan's format). Each layer l has candidates r (the measured one-knob ranks,
   valid under the MAC rule) plus "dense", with damage ``w_l d_l(r)`` (dense: 0) and cost
   ``c_l(r) = sum_m size_m(l, r) / base_m`` over the budgeted metrics m (params and/or MACs, as fractions
   of the compressible totals). One multiplier picks ``r_l(lambda) = argmin_r [w_l d_l(r) + lambda c_l(r)]``
-  on each lower convex hull (``ttcompile.hull``); the solver bisects t. Weights ``w_l``: ``flat`` (1, the
+  on each lower convex hull (``ttcompile.planning.hull``); the solver bisects t. Weights ``w_l``: ``flat`` (1, the
   default) or ``gain`` (the LWIQ score ``s^_l``, the marginal proxy-accuracy gain). Candidates: t = 0 and
   the midpoints between the hulls' breakpoints, so each candidate is one distinct, reproducible rank set.
   The multiplier reaches only hull vertices; at tight budgets the best combination often uses points
   between them (LeNet-5 TR at 1/20 and 1/50: the conv2 candidate above conv2's hull chord). So the solve
   then minimises the same objective ``sum_l w_l d_l(r_l)`` exactly over all measured candidates within
-  the budget (``LwiqExact``, a multiple-choice knapsack, ``ttcompile.knapsack``) and takes that plan when
+  the budget (``LwiqExact``, a multiple-choice knapsack, ``ttcompile.planning.knapsack``) and takes that plan when
   it damages less; the plan's budget report records both damages (``exact``).
 * ``uniform`` (knob rho): every layer gets the largest uniform rank whose realized params are at most
   ``rho`` times its dense params (rank 1 at least; ``plan.ranks_for_ratio``), one rho for all layers.
@@ -33,12 +33,12 @@ R_{l,k})``.
   delta each layer takes its smallest ratio with ``d_l(rho) <= delta``, or stays dense if none.
   Its score is ``d_l`` at its smallest ratio (sensitivity).
 * ``datafree`` (knob t = 1/lambda, no data): per layer, a continuous relaxation of the ranks on a modelled
-  truncation error plus the budgeted costs (``ttcompile.datafree``); with ``--format auto``, CP or
-  Tucker-2 per layer (``ttcompile.datafree_mix``, through ``Allocator.mixed_search``).
+  truncation error plus the budgeted costs (``ttcompile.planning.datafree``); with ``--format auto``, CP or
+  Tucker-2 per layer (``ttcompile.planning.datafree_mix``, through ``Allocator.mixed_search``).
 
 Unless ``allow_more_macs``, a layer's ranks stop at the largest that need no more MACs than dense
 (``budget.MacCapped``), and a rewrite that does not save params stays dense (``plan.layer_plan``).
-With a latency budget (``Context.latency``, ``ttcompile.latency``) every allocator's family is solved
+With a latency budget (``Context.latency``, ``ttcompile.planning.latency``) every allocator's family is solved
 against the measured latency too, and a chain measured not faster than dense stays dense; the LWIQ hull
 still weighs params/MACs only (latency enters as the solver's constraint and the guard).
 The returned Plan records each layer's score, the knob, the budget report and the search time.
@@ -55,19 +55,19 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile import datafree, knapsack
-from ttcompile.argtypes import batch_int
-from ttcompile.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
-from ttcompile.compress import rewrite_layer
+from ttcompile.analysis.features import Calibration, load_calibration, predict
+from ttcompile.analysis.lwiq import Analysis, analyze
+from ttcompile.cli.argtypes import batch_int
 from ttcompile.errors import UserError
-from ttcompile.features import Calibration, load_calibration, predict
 from ttcompile.graph import to_proto
-from ttcompile.hull import lower_hull
-from ttcompile.latency import LatencyBudget, latency_from_args
 from ttcompile.layers import Layer, dense_weight
-from ttcompile.lwiq import Analysis, analyze
 from ttcompile.passes.base import Format, get_format
-from ttcompile.plan import Plan, file_sha256
+from ttcompile.planning import datafree, knapsack
+from ttcompile.planning.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
+from ttcompile.planning.hull import lower_hull
+from ttcompile.planning.latency import LatencyBudget, latency_from_args
+from ttcompile.planning.plan import Plan, file_sha256
+from ttcompile.rewrite.compress import rewrite_layer
 from ttcompile.shapes import parse_input_shapes
 
 GREEDY_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75)
@@ -183,7 +183,7 @@ def _cost(size: dict, metrics: list[str], base: dict) -> float:
 @dataclass
 class LwiqExact:
     """``knapsack.ExactSolver`` over every measured candidate (not only hull vertices): least summed
-    ``w_l d_l(r)`` within the budget, by ``ttcompile.knapsack``."""
+    ``w_l d_l(r)`` within the budget, by ``ttcompile.planning.knapsack``."""
 
     points: dict[str, list[tuple[tuple | None, dict, float]]]
 
@@ -300,7 +300,7 @@ class DatafreeAllocator(Allocator):
         return fam, {}, datafree.settings_info()
 
     def mixed_search(self, ctx):
-        from ttcompile.datafree_mix import mixed_search
+        from ttcompile.planning.datafree_mix import mixed_search
 
         return mixed_search(ctx)
 
@@ -394,7 +394,7 @@ def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer
     except KeyError:
         if args.format != "auto":
             raise UserError(f"unknown format {args.format!r}") from None
-        from ttcompile.datafree_mix import ByLayer
+        from ttcompile.planning.datafree_mix import ByLayer
 
         fmt = ByLayer({})
     name = args.allocator or "lwiq"

@@ -6,8 +6,8 @@ import json
 import os
 
 from ttcompile.atomic import write_bytes_atomic
-from ttcompile.bench import ROUND_QUANTILE, BenchReport
-from ttcompile.tables import align, count
+from ttcompile.benchmark.bench import ROUND_QUANTILE, BenchReport
+from ttcompile.benchmark.tables import align, count
 
 
 def format_table(report: BenchReport) -> str:

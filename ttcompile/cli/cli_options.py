@@ -6,15 +6,15 @@ import argparse
 import json
 import sys
 
-from ttcompile.allocators import plan_from_args
-from ttcompile.auto_format import make_auto_plan
+from ttcompile.benchmark.tables import align, count, ratio
 from ttcompile.errors import UserError
-from ttcompile.factorize import parse_modes
 from ttcompile.graph import load_model
 from ttcompile.layers import find_layers
-from ttcompile.plan import Plan, make_plan
+from ttcompile.planning.allocators import plan_from_args
+from ttcompile.planning.auto_format import make_auto_plan
+from ttcompile.planning.plan import Plan, make_plan
+from ttcompile.rewrite.factorize import parse_modes
 from ttcompile.shapes import parse_input_shapes
-from ttcompile.tables import align, count, ratio
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,11 +1,11 @@
 """Measured latency for ``--budget latency=F``: a per-layer table of (dense, chain) times on one EP.
 
-What is measured (``bench_timer``, i.e. ``ttcompile.bench.benchmark``: one session alive at a time,
+What is measured (``bench_timer``, i.e. ``ttcompile.benchmark.bench.benchmark``: one session alive at a time,
 interleaved rounds in alternating order, each round's 10th-percentile run, median over rounds):
 
 * the reference, in one interleaved run: the whole original model at ``batch`` / ``threads`` on
   ``provider`` (``T_model``, ms per run) and every budgeted layer alone in its dense form (``D_l``; the
-  layer as a tiny model, ``ttcompile.layer_model``);
+  layer as a tiny model, ``ttcompile.rewrite.layer_model``);
 * per candidate (layer, format, modes, ranks, realization) the layer's chain alone next to its dense form,
   in the same interleaved run: ``(d_l, c_l)``.
 
@@ -42,10 +42,10 @@ from tqdm import tqdm
 
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.layers import Layer
-from ttcompile.plan import LayerPlan, file_sha256
+from ttcompile.planning.plan import LayerPlan, file_sha256
 from ttcompile.runtime import provider_name, require_onnxruntime
 
-SCHEMA = "ttcompile.latency/1"
+SCHEMA = "ttcompile.planning.latency/1"
 ROUNDS, MIN_TIME_S, MIN_RUNS = 5, 0.04, 10  # per timer call: interleaved rounds, seconds and runs per round
 REFERENCE_MIN_TIME_S = 0.25  # seconds per round for the reference run (once per model), as ``ttcompile bench``
 MIN_GAIN = 0.05  # a chain is faster than dense only when at least this fraction faster (pair noise margin)
@@ -110,9 +110,9 @@ Timer = Callable[[list[Path], Env, float], list[float]]
 
 
 def bench_timer(paths: list[Path], env: Env, min_time: float = MIN_TIME_S) -> list[float]:
-    """Latency (ms per run) of each model at ``env``, interleaved (``ttcompile.bench.benchmark``), timed for
+    """Latency (ms per run) of each model at ``env``, interleaved (``ttcompile.benchmark.bench.benchmark``), timed for
     ``min_time`` seconds per round."""
-    from ttcompile.bench import benchmark
+    from ttcompile.benchmark.bench import benchmark
 
     report = benchmark(paths, None, provider=env.provider, batches=[env.batch], threads=env.threads,
                        rounds=ROUNDS, min_time=min_time, min_runs=MIN_RUNS, progress=False)
@@ -175,7 +175,7 @@ class LatencyTable:
             return None
         seen.add(key)
         if key not in self.entries:
-            from ttcompile.layer_model import chain_model, dense_model
+            from ttcompile.rewrite.layer_model import chain_model, dense_model
 
             self.entries[key] = self._time([dense_model(lp.layer, self.env.batch), chain_model(lp, self.env.batch)])
             self.save()
@@ -185,7 +185,7 @@ class LatencyTable:
     def reference(self, path: str | Path, layers: list[Layer]) -> tuple[float, dict[str, float]]:
         """``(T_model, {layer_group: D_l})``: the whole model file and each of ``layers`` alone in dense form,
         timed in one interleaved run (cached by the file's SHA-256)."""
-        from ttcompile.layer_model import dense_model
+        from ttcompile.rewrite.layer_model import dense_model
 
         key = file_sha256(path)
         groups = {layer_group(lay): lay for lay in layers}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table, print_json
-from ttcompile.quant import precision_summary
+from ttcompile.cli.cli_options import add_plan_arguments, build_plan, plan_table, print_json
+from ttcompile.rewrite.quant import precision_summary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ Capture point of a layer (where its activation is read):
     ``Conv -> Add(shortcut) -> Relu`` after the Relu (the block output the next layer reads), and
     ``Gemm -> Softmax`` on the Gemm (Softmax is not elementwise). Two layers may share a point.
 
-Previous point of a layer (the ``acc_{l-1}`` of ``ttcompile.lwiq``): the nearest capture point,
+Previous point of a layer (the ``acc_{l-1}`` of ``ttcompile.analysis.lwiq``): the nearest capture point,
 in breadth-first order, upstream of the layer's data input; the model input when there is none.
 
 Embedding (one fixed-length vector per sample), for an activation ``a``:
@@ -32,7 +32,7 @@ import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.argtypes import MAX_BATCH
+from ttcompile.cli.argtypes import MAX_BATCH
 from ttcompile.errors import UserError
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
@@ -108,7 +108,7 @@ def load_calibration(spec: str, proto: onnx.ModelProto) -> Calibration:
 
     Samples whose shape differs from the model's input but has the same size are reshaped (noted);
     a different size, labels outside ``[0, K)``, or a class with no sample is a UserError naming ``spec``.
-    Without labels, what the proxies classify is decided later (``ttcompile.targets``).
+    Without labels, what the proxies classify is decided later (``ttcompile.analysis.targets``).
     """
     from ttcompile.models.data import load_dataset
 

@@ -13,8 +13,8 @@ from ttcompile.errors import UserError
 from ttcompile.graph import const_array
 from ttcompile.layers import Layer, dense_weight, find_node, layer_io
 from ttcompile.passes.base import ChainBuilder, fc_input, fc_output, get_format
-from ttcompile.plan import LayerPlan, Plan
-from ttcompile.quant import chain_dtype, chain_input, constant_shape
+from ttcompile.planning.plan import LayerPlan, Plan
+from ttcompile.rewrite.quant import chain_dtype, chain_input, constant_shape
 
 
 @dataclass

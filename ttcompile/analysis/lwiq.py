@@ -7,7 +7,7 @@ Procedure (design notes, methods.md section 1):
    predictions are the labels and the split is a random one. Every class must be present in both
    splits (else UserError).
 2. One ORT pass over the imprint split, ``batch`` samples at a time: each probe's activation
-   (``ttcompile.features``) is pooled to an embedding ``phi_l(x)`` of length ``D_l`` and added to
+   (``ttcompile.analysis.features``) is pooled to an embedding ``phi_l(x)`` of length ``D_l`` and added to
    per-class sums ``S_l[c] += phi_l(x)``. Memory: ``K x D_l`` per layer plus one batch, whatever N.
 3. Imprinted weights ``w_{l,c} = mu_{l,c} / ||mu_{l,c}||`` with ``mu_{l,c} = S_l[c] / n_c`` (no
    per-sample normalisation). A second pass over the held-out split predicts
@@ -23,12 +23,12 @@ Procedure (design notes, methods.md section 1):
    in a chain); for the first layers it is ``acc_0``, the proxy imprinted on the pooled model input
    itself, so a layer is credited only with the class separability it adds to what its input already
    had (acc_0 = chance or 0 would hand the first layer nearly all the credit).
-5. Sensitivity curves (``ttcompile.sensitivity``), per requested format: during the held-out pass the
+5. Sensitivity curves (``ttcompile.analysis.sensitivity``), per requested format: during the held-out pass the
    inputs of every layer's probe subgraph are captured; each layer is then rewritten at every candidate
    of its one-knob rank family and classified by the prototypes of step 3, giving ``d_l(r)``. The rank
-   allocator (``ttcompile.allocators``, ``lwiq``) spends a budget on these curves with one multiplier.
+   allocator (``ttcompile.planning.allocators``, ``lwiq``) spends a budget on these curves with one multiplier.
 
-Items and classes come from ``ttcompile.targets``: the data's labels, the model's top-1, per-position
+Items and classes come from ``ttcompile.analysis.targets``: the data's labels, the model's top-1, per-position
 classes of a sequence output, or k-means pseudo-classes of any other output.
 """
 
@@ -42,10 +42,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ttcompile.atomic import write_bytes_atomic
-from ttcompile.budget import Planner
-from ttcompile.errors import UserError
-from ttcompile.features import (
+from ttcompile.analysis.features import (
     EMBEDDING_TARGET,
     BatchRunner,
     Probe,
@@ -54,13 +51,16 @@ from ttcompile.features import (
     model_input,
     probe_model,
 )
+from ttcompile.analysis.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, layer_span, measure_curves
+from ttcompile.analysis.targets import Targets, make_targets
+from ttcompile.atomic import write_bytes_atomic
+from ttcompile.errors import UserError
 from ttcompile.graph import load_model, to_proto
 from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer, find_layers
 from ttcompile.passes.base import get_format
-from ttcompile.plan import check_types, file_sha256
-from ttcompile.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, layer_span, measure_curves
-from ttcompile.targets import Targets, make_targets
+from ttcompile.planning.budget import Planner
+from ttcompile.planning.plan import check_types, file_sha256
 
 ANALYSIS_VERSION = 2
 EPSILON = 1e-3
@@ -99,7 +99,7 @@ class LayerScore:
 class Analysis:
     """Scores and sensitivity curves of every compressible layer, with what produced them (analysis JSON).
 
-    ``curves[format][layer]``: the layer's ``Curve`` in that format (``ttcompile.sensitivity``).
+    ``curves[format][layer]``: the layer's ``Curve`` in that format (``ttcompile.analysis.sensitivity``).
     """
 
     model: str
@@ -238,7 +238,7 @@ def analyze(
 
     ``formats``: the formats to measure sensitivity curves in (none: scores only); ``modes`` overrides
     factorisations per layer as ``compress --modes`` does; ``readout``: where a layer's candidates are
-    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.sensitivity.layer_span``).
+    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.analysis.sensitivity.layer_span``).
     """
     start = time.perf_counter()
     model = load_model(model_path)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ttcompile.analysis.features import BatchRunner, Calibration, embed, model_input
 from ttcompile.errors import UserError
-from ttcompile.features import BatchRunner, Calibration, embed, model_input
 
 KMEANS_ITERATIONS = 50
 

@@ -12,7 +12,7 @@ always fits even where a realization change makes the size slightly non-monotone
 Unless ``allow_more_macs``, a layer never gets more MACs than dense: its ranks stop growing at its
 MAC limit (``MacCapped``) and a rewrite that would still need more MACs is left dense (``layer_plan``).
 
-Latency (``ttcompile.latency``): ``latency=F`` is a fraction of the whole model's measured latency (F > 1: ms),
+Latency (``ttcompile.planning.latency``): ``latency=F`` is a fraction of the whole model's measured latency (F > 1: ms),
 predicted from measured one-layer pairs; with a table the guard is measured too (``LatencyBudget.guard``,
 ``MacCapped``), and phase 3 is skipped: the plan stays on the family's rank grid, timed lazily where solved.
 """
@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ttcompile.errors import UserError
-from ttcompile.knapsack import ExactSolver, exact_step
-from ttcompile.latency import GUARD_REASONS, LatencyBudget
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format
-from ttcompile.plan import LayerPlan, layer_plan
+from ttcompile.planning.knapsack import ExactSolver, exact_step
+from ttcompile.planning.latency import GUARD_REASONS, LatencyBudget
+from ttcompile.planning.plan import LayerPlan, layer_plan
 
 METRICS = ("params", "macs", "latency")
 
@@ -99,7 +99,7 @@ class Family:
     values: list[float]
     rank: Callable[[str, float], list[int] | None]
     for_budget: Callable[[Budget], Family] | None = None
-    exact: ExactSolver | None = None  # where candidates carry a damage (LWIQ): ttcompile.knapsack
+    exact: ExactSolver | None = None  # where candidates carry a damage (LWIQ): ttcompile.planning.knapsack
 
 
 class Planner:

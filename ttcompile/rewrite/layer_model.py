@@ -19,11 +19,11 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from ttcompile.compress import apply_plan
 from ttcompile.errors import UserError
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_layers
-from ttcompile.plan import LayerPlan, Plan
+from ttcompile.planning.plan import LayerPlan, Plan
+from ttcompile.rewrite.compress import apply_plan
 
 OPSET = 17
 

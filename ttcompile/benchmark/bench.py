@@ -35,15 +35,15 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from ttcompile.counting import count_params, total_macs
 from ttcompile.errors import UserError
 from ttcompile.graph import load_model, to_proto
+from ttcompile.rewrite.counting import count_params, total_macs
 from ttcompile.runtime import make_session, provider_name, require_onnxruntime
 
 if TYPE_CHECKING:
     from ttcompile.models.data import Dataset
 
-SCHEMA = "ttcompile.bench/1"
+SCHEMA = "ttcompile.benchmark.bench/1"
 ROUND_QUANTILE = 10  # percentile of a round's runs taken as its latency
 EVAL_BATCH = 256  # batch size of the accuracy pass for models with a dynamic batch
 
@@ -110,7 +110,7 @@ class BenchReport:
         return _ratio(self.models[0].macs_per_sample, self.models[model].macs_per_sample)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (schema ``ttcompile.bench/1``) with ratios to the first model included."""
+        """JSON-ready dict (schema ``ttcompile.benchmark.bench/1``) with ratios to the first model included."""
         ort = require_onnxruntime()
         models = [
             {

@@ -24,16 +24,16 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ttcompile.compress import RewriteResult
-from ttcompile.counting import count_params
 from ttcompile.errors import UserError
 from ttcompile.graph import to_proto
 from ttcompile.models.data import Dataset
-from ttcompile.plan import Plan
+from ttcompile.planning.plan import Plan
+from ttcompile.rewrite.compress import RewriteResult
+from ttcompile.rewrite.counting import count_params
+from ttcompile.rewrite.verify import check_model
 from ttcompile.train.finetune import History, finetune
 from ttcompile.train.hooks import TrainHook
 from ttcompile.train.lowrank import CoreSpace, export_cores, plan_for_cores
-from ttcompile.verify import check_model
 
 METHODS = ("none", "l0", "admm")
 
@@ -122,7 +122,7 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
 def train_compressed(args: argparse.Namespace, model: ir.Model, plan: Plan):
     """``compress --train``: train as the options say and check the result; returns (plan with the emitted
     ranks, rewrite results, model) like ``cmd_compress.compress_model``. Writes nothing."""
-    from ttcompile.cmd_compress import check_some_compressed, check_some_rewritten
+    from ttcompile.cli.cmd_compress import check_some_compressed, check_some_rewritten
     from ttcompile.models.data import load_dataset
 
     check_some_compressed(plan)

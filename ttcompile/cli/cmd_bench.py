@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ttcompile.argtypes import MAX_BATCH, MAX_SECONDS, float_in, int_in, threads_int
+from ttcompile.cli.argtypes import MAX_BATCH, MAX_SECONDS, float_in, int_in, threads_int
 from ttcompile.paths import check_outputs
 
 
@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ttcompile.bench import benchmark
-    from ttcompile.report import format_table, write_json
+    from ttcompile.benchmark.bench import benchmark
+    from ttcompile.benchmark.report import format_table, write_json
 
     check_outputs([*(("MODEL", m) for m in args.models), ("--data", args.data)], [("--json", args.json)])
     data = None
@@ -65,8 +65,8 @@ def _latency_checks(report, models: list[str]) -> list[str]:
     """Predicted vs measured latency for each model whose plan (``OUT.plan.json``) has a latency budget."""
     import json
 
-    from ttcompile.cmd_compress import plan_path
-    from ttcompile.latency import budget_checks
+    from ttcompile.cli.cmd_compress import plan_path
+    from ttcompile.planning.latency import budget_checks
 
     plans = {}
     for i, path in enumerate(models[1:], start=1):

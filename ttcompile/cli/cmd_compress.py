@@ -1,7 +1,7 @@
 """``ttcompile compress MODEL -o OUT``: plan, rewrite, check and compare; writes OUT and OUT's plan.
 
 Nothing is written until the compressed model passed ``onnx.checker``, ran in ONNX Runtime and passed the
-verification gate (``ttcompile.gate``); then OUT and its plan are written as one atomic pair. A failed
+verification gate (``ttcompile.rewrite.gate``); then OUT and its plan are written as one atomic pair. A failed
 gate exits with code 3, bad input with 2; either way no file is created or changed."""
 
 from __future__ import annotations
@@ -12,22 +12,22 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from ttcompile import calibrated
-from ttcompile.allocators import add_budget_arguments, describe
-from ttcompile.argtypes import batch_int, count_int, positive_float, threads_int
+from ttcompile.analysis import calibrated
 from ttcompile.atomic import write_files_atomic
-from ttcompile.cli_options import add_plan_arguments, build_plan, plan_table
-from ttcompile.compress import RewriteResult, apply_plan, check_plan_layers
+from ttcompile.cli.argtypes import batch_int, count_int, positive_float, threads_int
+from ttcompile.cli.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.errors import UserError
 from ttcompile.feeds import load_named_feeds
-from ttcompile.gate import enforce, floor_for, judge
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import NON_FINITE, find_layers
 from ttcompile.paths import check_output, check_outputs
-from ttcompile.plan import Plan
-from ttcompile.quant import chain_precision, precision_summary
+from ttcompile.planning.allocators import add_budget_arguments, describe
+from ttcompile.planning.plan import Plan
+from ttcompile.rewrite.compress import RewriteResult, apply_plan, check_plan_layers
+from ttcompile.rewrite.gate import enforce, floor_for, judge
+from ttcompile.rewrite.quant import chain_precision, precision_summary
+from ttcompile.rewrite.verify import check_model, graph_inputs, random_inputs, relative_errors
 from ttcompile.shapes import parse_input_shapes
-from ttcompile.verify import check_model, graph_inputs, random_inputs, relative_errors
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=batch_int, default=64, help="how many inputs to compare on (default 64)")
     p.add_argument("--max-error", type=positive_float, metavar="E",
                    help="fail (exit 3, nothing written) when the relative output error exceeds E "
-                        "(default: the limit predicted from the layers' reconstruction errors, see ttcompile.gate)")
+                        "(default: the limit predicted from the layers' reconstruction errors, see "
+                        "ttcompile.rewrite.gate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_arguments(p)
     calibrated.add_arguments(p)
@@ -112,7 +113,7 @@ def compress_model(args: argparse.Namespace):
         from ttcompile.train.backends import require_torch
 
         require_torch()
-        from ttcompile.rank_select import train_compressed
+        from ttcompile.train.rank_select import train_compressed
 
         return train_compressed(args, model, plan)
     if args.rank_select:
@@ -124,7 +125,7 @@ def compress_model(args: argparse.Namespace):
 
 def _train_with_ort(args: argparse.Namespace, model: ir.Model, plan: Plan):
     """``--train --backend ort``: the plan's cores, then fine-tuning of the compressed graph (no torch)."""
-    from ttcompile.cmd_finetune import epoch_printer
+    from ttcompile.cli.cmd_finetune import epoch_printer
     from ttcompile.models.data import load_dataset
     from ttcompile.train.backends import require
 

@@ -22,7 +22,7 @@ import onnx_ir as ir
 from ttcompile.errors import UserError
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes import FORMATS, Format, get_format
-from ttcompile.plan import LayerPlan, Plan, file_sha256, layer_plan
+from ttcompile.planning.plan import LayerPlan, Plan, file_sha256, layer_plan
 
 ALIGN = 16
 PREFERENCE = ("svd", "tucker", "cp", "tt")  # tie-break order; other registered formats follow by name

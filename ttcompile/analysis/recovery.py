@@ -2,8 +2,8 @@
 
 Layer ``l`` (``y = W x + b``) is fitted on its inputs ``x_c`` in the compressed model and the original's
 ``x_o`` on the same calibration samples, minimising ``E ||W~ x_c + b~ - (W x_o + b)||^2`` over its cores and
-bias (``ttcompile.data_aware.refine`` on the cross moments of ``ttcompile.moments``); a layer without a bias
-vector keeps none.
+bias (``ttcompile.analysis.data_aware.refine`` on the cross moments of ``ttcompile.analysis.moments``); a layer
+without a bias vector keeps none.
 
 * ``sequential`` (default): layers in graph order, in groups of ``ceil(L / max_passes)`` consecutive layers.
   For each group one pass of the original and one of the current compressed model (every earlier layer
@@ -27,17 +27,17 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.compress import apply_plan
-from ttcompile.features import ModelInput
+from ttcompile.analysis.features import ModelInput
+from ttcompile.analysis.moments import Moments, accumulate
 from ttcompile.graph import const_array, to_proto
 from ttcompile.layers import Layer, dense_weight, find_node
-from ttcompile.moments import Moments, accumulate
 from ttcompile.passes.base import get_format
-from ttcompile.plan import LayerPlan, Plan
+from ttcompile.planning.plan import LayerPlan, Plan
+from ttcompile.rewrite.compress import apply_plan
 from ttcompile.train.backends import require_torch
 
 if TYPE_CHECKING:  # data_aware needs torch: imported where used, so that compress loads without it
-    from ttcompile.data_aware import Target
+    from ttcompile.analysis.data_aware import Target
 
 MAX_PASSES = 12  # sequential recovery: at most this many (original + compressed) pass pairs
 INIT_STEPS = 50  # L-BFGS iterations refining a data-aware init
@@ -85,7 +85,7 @@ def initial_states(model: ir.Model, plan: Plan, moments: dict[str, Moments] | No
     """Weight-decomposed cores per layer; with ``data_init`` also the data-aware ones (``whitened_init``
     where a closed form exists, then ``refine``), keeping whichever has the lower calibration output error."""
     require_torch("compression from calibration data (--calib)")
-    from ttcompile.data_aware import Objective, Target, is_two_factor, output_error, refine, whitened_init
+    from ttcompile.analysis.data_aware import Objective, Target, is_two_factor, output_error, refine, whitened_init
 
     states = {}
     todo = compressed_plans(plan)
@@ -136,7 +136,7 @@ def compressed_model(model: ir.Model, plan: Plan, states: dict[str, LayerState])
 
 
 def _fit(st: LayerState, m: Moments, steps: int) -> None:
-    from ttcompile.data_aware import Objective, refine
+    from ttcompile.analysis.data_aware import Objective, refine
 
     lp = st.lp
     objective = Objective(st.target, m)

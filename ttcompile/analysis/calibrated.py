@@ -2,7 +2,7 @@
 
 ``compress --calib D``: moments of every compressed layer's input on D (one ORT pass of the original),
 cores initialised data-aware (``--init data``, the default with D) or from the weights (``--init weight``),
-then ``--recover layer`` (default) fits every layer to the original's outputs (``ttcompile.recovery``) and
+then ``--recover layer`` (default) fits every layer to the original's outputs (``ttcompile.analysis.recovery``) and
 ``--recover model`` adds a knowledge-distillation fine-tune on D (labels from the original model, D's own
 labels are never read) at a small learning rate (``--recover-lr``, default 1e-4: at the fine-tune's 1e-3, 40
 steps on 1,000 images undid a recovered ResNet's fit), and keeps it only when it fits the original better on D
@@ -20,13 +20,21 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ttcompile.analysis.features import ModelInput, model_input
+from ttcompile.analysis.moments import DIAGONAL_ABOVE, MIN_ROWS, ROW_FLOPS, accumulate
+from ttcompile.analysis.recovery import (
+    INIT_STEPS,
+    MAX_PASSES,
+    RECOVER_STEPS,
+    LayerState,
+    initial_states,
+    recover,
+    with_biases,
+)
+from ttcompile.benchmark.tables import align
 from ttcompile.errors import UserError
-from ttcompile.features import ModelInput, model_input
 from ttcompile.graph import to_proto
-from ttcompile.moments import DIAGONAL_ABOVE, MIN_ROWS, ROW_FLOPS, accumulate
-from ttcompile.plan import Plan
-from ttcompile.recovery import INIT_STEPS, MAX_PASSES, RECOVER_STEPS, LayerState, initial_states, recover, with_biases
-from ttcompile.tables import align
+from ttcompile.planning.plan import Plan
 
 RECOVER_EPOCHS, RECOVER_LR = 5, 1e-4
 

@@ -15,12 +15,12 @@ from ttcompile.runtime import require_onnxruntime
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "inspect": ("ttcompile.cmd_inspect", "list compressible layers with params and MACs"),
-    "compress": ("ttcompile.cmd_compress", "rewrite layers into tensor-decomposed chains"),
-    "demo": ("ttcompile.cmd_demo", "compress and benchmark the embedded LeNet-5 (offline end-to-end run)"),
-    "analyze": ("ttcompile.cmd_analyze", "LWIQ layer significance scores from calibration data (for --budget)"),
-    "bench": ("ttcompile.cmd_bench", "compare models on ONNX Runtime: latency, params, MACs, accuracy"),
-    "finetune": ("ttcompile.cmd_finetune", "distil the original into a compressed model's weights"),
+    "inspect": ("ttcompile.cli.cmd_inspect", "list compressible layers with params and MACs"),
+    "compress": ("ttcompile.cli.cmd_compress", "rewrite layers into tensor-decomposed chains"),
+    "demo": ("ttcompile.cli.cmd_demo", "compress and benchmark the embedded LeNet-5 (offline end-to-end run)"),
+    "analyze": ("ttcompile.cli.cmd_analyze", "LWIQ layer significance scores from calibration data (for --budget)"),
+    "bench": ("ttcompile.cli.cmd_bench", "compare models on ONNX Runtime: latency, params, MACs, accuracy"),
+    "finetune": ("ttcompile.cli.cmd_finetune", "distil the original into a compressed model's weights"),
 }
 
 

@@ -48,7 +48,7 @@ rounded plan need not. With params and MACs both budgeted, both costs enter the 
 lwiq), also when one of them is slack. Per layer and t: ``ADAM_STEPS`` projected Adam steps on z
 from the geometric mid-rank, rounding, coordinate descent on the exact integer objective (+-1 per
 bond), then the best of that, the layer's minimum (rank 1 everywhere) and dense (no damage, dense cost).
-With ``--format auto`` see ``ttcompile.datafree_mix`` (CP/Tucker-2 chosen per layer on the same loss).
+With ``--format auto`` see ``ttcompile.planning.datafree_mix`` (CP/Tucker-2 chosen per layer on the same loss).
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ from math import prod
 
 import numpy as np
 
-from ttcompile.auto_format import relative_error
-from ttcompile.budget import Budget, Family, Planner
 from ttcompile.errors import UserError
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format
+from ttcompile.planning.auto_format import relative_error
+from ttcompile.planning.budget import Budget, Family, Planner
 
 TAU = (0.5, 0.03)  # sigmoid temperature in log-rank units, annealed geometrically
 ADAM_STEPS, ADAM_LR = 80, (0.15, 0.01)  # steps, learning rate on log-ranks (decayed geometrically)

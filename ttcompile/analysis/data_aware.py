@@ -1,7 +1,7 @@
 """Fitting a layer's cores to its calibration outputs instead of its weights.
 
 A layer is ``y = W x + b`` with ``W`` the canonical weight unfolded to ``(out, n)`` (``n = C * prod(k)``
-for a conv, rows its im2col patches; see ``ttcompile.moments``). With augmented rows ``a = [x; 1]``, the
+for a conv, rows its im2col patches; see ``ttcompile.analysis.moments``). With augmented rows ``a = [x; 1]``, the
 fitted layer ``Wh = [W~, b~]`` and the target ``T = [W, b]`` (``b = 0`` when the layer has none), the
 output error on calibration inputs ``a_c`` (what the fitted layer is fed) against the original outputs on
 ``a_o`` is
@@ -29,8 +29,8 @@ from math import prod
 import numpy as np
 import torch
 
+from ttcompile.analysis.moments import Moments
 from ttcompile.layers import Layer
-from ttcompile.moments import Moments
 from ttcompile.passes.base import Format
 from ttcompile.passes.svd import SVDFormat
 from ttcompile.train.lowrank import reconstruct_torch

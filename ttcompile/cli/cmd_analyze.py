@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ttcompile.argtypes import batch_int, float_in, int_in
-from ttcompile.cli_options import parse_mode_overrides
-from ttcompile.lwiq import analyze
+from ttcompile.analysis.lwiq import analyze
+from ttcompile.analysis.sensitivity import CURVE_SAMPLES, READOUTS
+from ttcompile.benchmark.tables import align, count
+from ttcompile.cli.argtypes import batch_int, float_in, int_in
+from ttcompile.cli.cli_options import parse_mode_overrides
 from ttcompile.paths import check_outputs
-from ttcompile.sensitivity import CURVE_SAMPLES, READOUTS
 from ttcompile.shapes import parse_input_shapes
-from ttcompile.tables import align, count
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Proxy-measured rank sensitivity: what each candidate rank of a layer costs in proxy accuracy.
 
-For a layer l with probe p (``ttcompile.features``) and prototypes imprinted on the ORIGINAL features at
-every probe (``ttcompile.lwiq``):
+For a layer l with probe p (``ttcompile.analysis.features``) and prototypes imprinted on the ORIGINAL features at
+every probe (``ttcompile.analysis.lwiq``):
 
 1. Span ``S_l`` (``layer_span``, cut out as a model by ``subgraph``): the nodes from the layer to its
    read-out probe q. ``readout="next"`` (the default): q is the next layer's probe (the first probe whose
@@ -46,13 +46,13 @@ import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.budget import Planner
-from ttcompile.compress import rewrite_layer
-from ttcompile.features import Probe
+from ttcompile.analysis.features import Probe
+from ttcompile.analysis.targets import Targets
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
+from ttcompile.planning.budget import Planner
+from ttcompile.rewrite.compress import rewrite_layer
 from ttcompile.runtime import make_session
-from ttcompile.targets import Targets
 
 BETA = 0.1
 CURVE_SAMPLES = 256  # one ORT batch per candidate; see the module docstring, 'Cost'

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ttcompile.argtypes import batch_int, count_int, float_in, positive_float, threads_int
+from ttcompile.cli.argtypes import batch_int, count_int, float_in, positive_float, threads_int
 from ttcompile.graph import load_model, save_model, to_proto
 from ttcompile.paths import check_outputs
-from ttcompile.verify import check_model
+from ttcompile.rewrite.verify import check_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
