@@ -41,8 +41,9 @@ from ttcompile.models.data import Dataset, load_dataset
 from ttcompile.passes.base import get_format
 from ttcompile.planning.allocators import Context, Search, search
 from ttcompile.planning.budget import Budget, BudgetInfeasible
-from ttcompile.planning.plan import Plan, file_sha256
+from ttcompile.planning.plan import Plan
 from ttcompile.rewrite.compress import apply_plan
+from ttcompile.sources import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"lenet5": "lenet5_mnist.onnx", "resnet20": "resnet20_mnist.onnx", "resnet56": "resnet56_mnist.onnx"}

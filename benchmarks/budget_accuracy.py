@@ -24,7 +24,7 @@ from ttcompile.layers import find_layers
 from ttcompile.passes.base import FORMATS, get_format
 from ttcompile.planning.allocators import Context, allocate
 from ttcompile.planning.budget import Budget, BudgetInfeasible
-from ttcompile.planning.plan import file_sha256
+from ttcompile.sources import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("lenet5_mnist.onnx", "lenet300_mnist.onnx", "resnet20_mnist.onnx")

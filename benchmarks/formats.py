@@ -37,7 +37,6 @@ import numpy as np
 
 from ttcompile.benchmark.bench import benchmark
 from ttcompile.benchmark.tables import align
-from ttcompile.cli.cmd_compress import compress_in_memory, save_pair
 from ttcompile.errors import UserError
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
@@ -46,6 +45,7 @@ from ttcompile.passes import get_format
 from ttcompile.planning.auto_format import make_auto_plan
 from ttcompile.planning.plan import Plan, make_plan, ranks_for_ratio
 from ttcompile.rewrite.counting import count_params
+from ttcompile.rewrite.pipeline import compress_in_memory, save_pair
 
 MODELS = {"lenet5": Path("models/lenet5_mnist.onnx"), "resnet20": Path("models/resnet20_mnist.onnx")}
 STT_T = 2

@@ -33,10 +33,12 @@ from ttcompile.benchmark.tables import align
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.models.data import load_dataset
-from ttcompile.planning.plan import Plan, file_sha256, make_plan
+from ttcompile.planning.plan import Plan, make_plan
 from ttcompile.rewrite.counting import count_params
 from ttcompile.runtime import make_session
-from ttcompile.train.rank_select import Settings, compress_and_train
+from ttcompile.sources import file_sha256
+from ttcompile.train.rank_select import compress_and_train
+from ttcompile.train.settings import TrainSettings as Settings
 
 MODEL = Path("models/lenet5_mnist.onnx")
 CALIB = Path("models/mnist_calib.npz")  # 1,000 MNIST validation images
@@ -77,15 +79,12 @@ class Bench:
 
     def lwiq_plan(self, params: int) -> Plan:
         """LWIQ plan whose whole model has ``params`` parameters (the budget counts the layers only)."""
-        from ttcompile.planning.allocators import plan_from_args
+        import ttcompile
 
         layers = find_layers(self.ir_model)
         budget = params - (self.base - sum(lay.params for lay in layers))
-        ns = argparse.Namespace(model=str(MODEL), format="tr", budget=f"params={budget}", allocator="lwiq",
-                                analysis=None, calib=str(CALIB), calib_batch=256, rank=None, ratio=None,
-                                force=False, allow_more_macs=True, quiet=True, lwiq_weights="flat",
-                                pseudo_classes=10, input_shape=None)
-        return plan_from_args(ns, self.ir_model, layers, None)
+        return ttcompile.plan(MODEL, format="tr", budget={"params": budget}, allocator="lwiq", calib=CALIB,
+                              allow_more_macs=True)
 
     def run(self, key: str, method: str, plan: Plan, settings: Settings) -> None:
         began = time.perf_counter()

@@ -40,11 +40,11 @@ from zoo import ZOO, ZooModel, ctc_decode  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
 from ttcompile.benchmark.tables import align, count  # noqa: E402
-from ttcompile.cli.cmd_compress import compress_in_memory, save_pair  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
 from ttcompile.graph import load_model  # noqa: E402
 from ttcompile.layers import find_layers  # noqa: E402
 from ttcompile.planning.plan import make_plan  # noqa: E402
+from ttcompile.rewrite.pipeline import compress_in_memory, save_pair  # noqa: E402
 from ttcompile.rewrite.verify import run_errors, run_split  # noqa: E402
 
 FORMATS = ["tt", "tr", "tucker", "cp", "svd", "stt", "str", "sttu"]

@@ -13,7 +13,8 @@ from ttcompile.planning.plan import make_plan
 from ttcompile.train.admm import ADMM, project
 from ttcompile.train.executor import OnnxModule
 from ttcompile.train.finetune import finetune
-from ttcompile.train.rank_select import Settings, compress_and_train
+from ttcompile.train.rank_select import compress_and_train
+from ttcompile.train.settings import TrainSettings as Settings
 
 from graphs import mlp_model
 from train_helpers import run_ort

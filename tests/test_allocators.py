@@ -16,7 +16,7 @@ from ttcompile.layers import find_layers
 from ttcompile.passes.base import get_format
 from ttcompile.planning.allocators import ALLOCATORS, Context, allocate
 from ttcompile.planning.budget import Budget
-from ttcompile.planning.plan import file_sha256
+from ttcompile.sources import file_sha256
 
 
 @pytest.fixture(scope="module")

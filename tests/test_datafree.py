@@ -20,7 +20,7 @@ from ttcompile.planning.allocators import Context, search
 from ttcompile.planning.auto_format import relative_error
 from ttcompile.planning.budget import Budget
 from ttcompile.planning.datafree import Objective, layer_model
-from ttcompile.planning.plan import file_sha256
+from ttcompile.sources import file_sha256
 
 from graphs import _model, conv_model, gemm_model
 

@@ -13,7 +13,7 @@ from ttcompile.passes.base import get_format
 from ttcompile.planning import knapsack
 from ttcompile.planning.allocators import Context, search
 from ttcompile.planning.budget import Budget
-from ttcompile.planning.plan import file_sha256
+from ttcompile.sources import file_sha256
 
 
 def brute_force(groups, capacity):

@@ -16,7 +16,7 @@ from ttcompile.passes.base import get_format
 from ttcompile.planning.allocators import Context, allocate, search
 from ttcompile.planning.budget import Budget
 from ttcompile.planning.hull import lower_hull
-from ttcompile.planning.plan import file_sha256
+from ttcompile.sources import file_sha256
 
 
 def test_hull_keeps_only_points_optimal_for_some_multiplier():

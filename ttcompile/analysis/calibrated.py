@@ -11,7 +11,6 @@ steps on 1,000 images undid a recovered ResNet's fit), and keeps it only when it
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass, field
 from math import prod
@@ -32,11 +31,13 @@ from ttcompile.analysis.recovery import (
     with_biases,
 )
 from ttcompile.benchmark.tables import align
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, UserError, opt
 from ttcompile.graph import to_proto
+from ttcompile.models.data import Dataset
 from ttcompile.planning.plan import Plan
 
 RECOVER_EPOCHS, RECOVER_LR = 5, 1e-4
+INITS, RECOVERS, MODES = ("weight", "data"), ("none", "layer", "model"), ("sequential", "parallel")
 
 
 @dataclass
@@ -51,16 +52,28 @@ class Settings:
     lr: float = RECOVER_LR  # --recover model: peak learning rate
     batch: int = 100
     threads: int = 1
-    progress: bool = True
+    progress: bool = False
     times: dict = field(default_factory=dict)
 
+    def check(self) -> None:
+        """OptionError for a value no run can use."""
+        for name, value, allowed in (("init", self.init, INITS), ("recover", self.recover, RECOVERS),
+                                     ("recover_mode", self.mode, MODES)):
+            if value not in allowed:
+                raise OptionError(f"{opt(name)} {value!r}: choose one of {', '.join(allowed)}")
+        if self.recover_steps < 0 or self.epochs < 0:
+            raise OptionError(f"{opt('recover_steps')} and {opt('recover_epochs')} must be >= 0")
+        if not self.lr > 0 or not np.isfinite(self.lr):
+            raise OptionError(f"{opt('recover_lr')} must be a positive number, not {self.lr}")
 
-def calibration_inputs(spec: str, proto: onnx.ModelProto, samples: int | None = None) -> np.ndarray:
+
+def calibration_inputs(spec: str | Dataset, proto: onnx.ModelProto, samples: int | None = None) -> np.ndarray:
     """The first ``samples`` inputs of ``spec`` (labels dropped), reshaped to the model's input when sizes match."""
-    from ttcompile.models.data import load_dataset
+    from ttcompile.models.data import dataset
 
     inp = model_input(proto)
-    x = load_dataset(spec).x[:samples]
+    data = dataset(spec)
+    spec, x = spec if isinstance(spec, str) else data.name, data.x[:samples]
     want = inp.dims[1:]
     fits = len(want) == x.ndim - 1 and all(w is None or w == d for w, d in zip(want, x.shape[1:]))
     if not fits:  # dynamic dims take the samples' sizes; a flat sample of the right size is reshaped
@@ -125,7 +138,6 @@ def distil(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, s:
     Never worse on ``x``: the tuned student is returned only when its top-1 agreement with the teacher is not
     lower and its KL is lower than the input's; otherwise ``student`` itself. Returns the model and a record
     (``kept``, the fit before and after)."""
-    from ttcompile.models.data import Dataset
     from ttcompile.train.common import teacher_logits
     from ttcompile.train.finetune import finetune
 
@@ -165,50 +177,11 @@ def records_table(plan: Plan) -> str:
     return head + "\n" + table
 
 
-# ---- command line -------------------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("calibration-only compression (with --calib; labels are not used)")
-    g.add_argument("--init", choices=["weight", "data"], help="cores from the weights, or fitted to the layer "
-                   "outputs on --calib (default: data with --calib)")
-    g.add_argument("--recover", choices=["none", "layer", "model"], help="after init: nothing, layer-wise fit "
-                   "to the original's outputs, or that plus distillation on --calib (default: layer with --calib)")
-    g.add_argument("--recover-mode", choices=["sequential", "parallel"], default="sequential",
-                   help="layer-wise recovery on the compressed upstream (default) or the original's inputs")
-    g.add_argument("--recover-steps", type=int, default=RECOVER_STEPS, help=f"L-BFGS steps per layer "
-                   f"(default {RECOVER_STEPS})")
-    g.add_argument("--recover-epochs", type=int, default=RECOVER_EPOCHS,
-                   help=f"--recover model: distillation epochs on --calib (default {RECOVER_EPOCHS})")
-    g.add_argument("--recover-lr", type=float, default=RECOVER_LR,
-                   help=f"--recover model: peak learning rate of the distillation (default {RECOVER_LR:g})")
-    g.add_argument("--calib-samples", type=int, help="use only the first N calibration samples")
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings | None:
-    """The calibration settings asked for; None when no calibration-only step runs."""
-    if not getattr(args, "calib", None):
-        given = [f"--{k.replace('_', '-')}" for k in ("init", "recover") if getattr(args, k, None)]
-        if given:
-            raise UserError(f"{', '.join(given)} need calibration data (--calib D)")
-        return None
-    if args.recover_steps < 0 or args.recover_epochs < 0:
-        raise UserError("--recover-steps and --recover-epochs must be >= 0")
-    if not args.recover_lr > 0 or not np.isfinite(args.recover_lr):
-        raise UserError(f"--recover-lr must be a positive number, not {args.recover_lr}")
-    return Settings(init=args.init or "data", recover=args.recover or "layer", mode=args.recover_mode,
-                    recover_steps=args.recover_steps, epochs=args.recover_epochs, lr=args.recover_lr,
-                    threads=args.threads, progress=not args.quiet)
-
-
-def prepare(args: argparse.Namespace, model: ir.Model, plan: Plan):
-    """``(model with fitted biases, cores, transform of the compressed proto)`` for ``compress_to_file``;
-    ``(model, None, None)`` without --calib."""
-    s = settings_from_args(args)
-    if s is None:
-        return model, None, None
+def prepare(s: Settings, model: ir.Model, plan: Plan, x: np.ndarray):
+    """``(model with fitted biases, cores, transform of the compressed proto)`` from calibration inputs ``x``:
+    data-aware init and layer-wise recovery (``fit``), and with ``recover="model"`` a distillation of the
+    compressed proto (``distil``) recorded in the plan."""
     teacher = to_proto(model)
-    x = calibration_inputs(args.calib, teacher, args.calib_samples)
     fitted, states = fit(model, plan, x, model_input(teacher), s)
     cores = {name: st.cores for name, st in states.items()}
     if s.recover != "model":

@@ -26,17 +26,21 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.cli.argtypes import MAX_BATCH
 from ttcompile.errors import UserError
+from ttcompile.feeds import MAX_BATCH
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
 from ttcompile.runtime import make_session
+
+if TYPE_CHECKING:
+    from ttcompile.models.data import Dataset
 
 EMBEDDING_TARGET = 512
 
@@ -103,24 +107,25 @@ def output_classes(proto: onnx.ModelProto) -> int | None:
     return None
 
 
-def load_calibration(spec: str, proto: onnx.ModelProto) -> Calibration:
+def load_calibration(spec: str | Dataset, proto: onnx.ModelProto) -> Calibration:
     """Load ``spec`` (.npz with x and optional y, or any ``load_dataset`` spec) and check it fits the model.
 
     Samples whose shape differs from the model's input but has the same size are reshaped (noted);
     a different size, labels outside ``[0, K)``, or a class with no sample is a UserError naming ``spec``.
     Without labels, what the proxies classify is decided later (``ttcompile.analysis.targets``).
     """
-    from ttcompile.models.data import load_dataset
+    from ttcompile.models.data import dataset
 
     inp, k = model_input(proto), output_classes(proto)
-    data = load_dataset(spec)
-    sample, want = data.x.shape[1:], inp.dims[1:]
+    data = dataset(spec)
+    spec, x = spec if isinstance(spec, str) else data.name, data.x
+    sample, want = x.shape[1:], inp.dims[1:]
     note = ""
     if len(sample) != len(want) or any(w is not None and w != s for w, s in zip(want, sample)):
         if None in want or math.prod(sample) != math.prod(want):
             raise UserError(f"{spec}: samples have shape {sample}, the model input {inp.name!r} expects "
                             f"{tuple('?' if w is None else w for w in want)}")
-        data.x = data.x.reshape(len(data.x), *want)
+        x = x.reshape(len(x), *want)
         note = f"samples reshaped from {sample} to {tuple(want)}"
     y = data.y
     if y is not None:
@@ -134,7 +139,7 @@ def load_calibration(spec: str, proto: onnx.ModelProto) -> Calibration:
         if missing:
             raise UserError(f"{spec}: no sample of class{'es' if len(missing) > 1 else ''} "
                             f"{', '.join(map(str, missing))}; every one of the {k} classes must be present")
-    return Calibration(data.x.astype(inp.dtype, copy=False), y, spec, k, note)
+    return Calibration(x.astype(inp.dtype, copy=False), y, spec, k, note)
 
 
 # ---- capture points -----------------------------------------------------------------------------

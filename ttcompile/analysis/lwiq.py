@@ -54,13 +54,14 @@ from ttcompile.analysis.features import (
 from ttcompile.analysis.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, layer_span, measure_curves
 from ttcompile.analysis.targets import Targets, make_targets
 from ttcompile.atomic import write_bytes_atomic
-from ttcompile.errors import UserError
-from ttcompile.graph import load_model, to_proto
+from ttcompile.errors import OptionError, UserError, opt
+from ttcompile.graph import to_proto
 from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer, find_layers
 from ttcompile.passes.base import get_format
 from ttcompile.planning.budget import Planner
-from ttcompile.planning.plan import check_types, file_sha256
+from ttcompile.planning.plan import check_types
+from ttcompile.sources import DataLike, ModelId, ModelLike, Source, data_spec, model_id, resolve_model
 
 ANALYSIS_VERSION = 2
 EPSILON = 1e-3
@@ -145,11 +146,13 @@ class Analysis:
 
         return load_json(path, "analysis", parse)
 
-    def check_model(self, model_path: str | Path) -> None:
-        """UserError unless ``model_path`` is the model that was analysed (same SHA-256)."""
-        if file_sha256(model_path) != self.model_sha256:
+    def check_model(self, model: str | Path | ModelId) -> None:
+        """UserError unless ``model`` (a file or the id of an in-memory model) is the model that was analysed
+        (same SHA-256)."""
+        mid = model_id(model)
+        if mid.sha256 != self.model_sha256:
             raise UserError(f"the analysis was made for {self.model} (SHA-256 {self.model_sha256[:12]}...), "
-                            f"not for {model_path}; run 'ttcompile analyze' on this model")
+                            f"not for {mid.name}; analyse this model")
 
 
 # ---- imprinting ---------------------------------------------------------------------------------
@@ -220,8 +223,8 @@ def scores_from_accuracies(accuracy: dict[str, float], probes: list[Probe], eps:
 
 
 def analyze(
-    model_path: str | Path,
-    calib_spec: str,
+    model_path: ModelLike | Source,
+    calib_spec: DataLike,
     *,
     formats: tuple[str, ...] | list[str] = ("tt",),
     modes: dict[str, dict] | None = None,
@@ -241,18 +244,19 @@ def analyze(
     classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.analysis.sensitivity.layer_span``).
     """
     start = time.perf_counter()
-    model = load_model(model_path)
+    source = model_path if isinstance(model_path, Source) else resolve_model(model_path)
+    model = source.model
     layers = [layer for layer in find_layers(model, input_shapes) if layer.compressible]
     if not layers:
-        raise UserError(f"{model_path}: no compressible Gemm, MatMul or Conv layer to analyse")
+        raise UserError(f"{source.id.name}: no compressible Gemm, MatMul or Conv layer to analyse")
     planners = {}
     for name in formats:
         try:
             planners[name] = Planner(layers, get_format(name), modes, allow_more_macs=True)
         except KeyError:
-            raise UserError(f"unknown format {name!r}") from None
+            raise OptionError(f"unknown {opt('formats')} {name!r}") from None
     proto = to_proto(model)
-    calib = load_calibration(calib_spec, proto)
+    calib = load_calibration(data_spec(calib_spec, "calibration data"), proto)
     probes = find_probes(model, layers)
     targets = make_targets(calib, proto, batch=batch, pseudo_classes=pseudo_classes, seed=seed)
     imprint_idx, held_idx = split_indices(len(calib.x), targets.sample_labels(), holdout, seed)
@@ -303,7 +307,7 @@ def analyze(
         for layer, p, (a_prev, gain, score) in zip(layers, probes, scores_from_accuracies(accuracy, probes))
     ]
     calibration = {
-        "source": calib_spec,
+        "source": calib.source,
         "samples": int(len(calib.x)),
         "imprint": int(len(imprint_idx)),
         "held_out": int(len(held_idx)),
@@ -318,5 +322,5 @@ def analyze(
         "model_accuracy_held_out": model_hits / len(held_idx) if classifier else None,
         "note": calib.note,
     }
-    return Analysis(str(model_path), file_sha256(model_path), layer_scores, accuracy[INPUT], calibration,
+    return Analysis(source.id.name, source.id.sha256, layer_scores, accuracy[INPUT], calibration,
                     round(time.perf_counter() - start, 3), curves, targets.to_json())

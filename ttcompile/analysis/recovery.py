@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ttcompile.analysis.features import ModelInput
 from ttcompile.analysis.moments import Moments, accumulate
+from ttcompile.errors import opt
 from ttcompile.graph import const_array, to_proto
 from ttcompile.layers import Layer, dense_weight, find_node
 from ttcompile.passes.base import get_format
@@ -84,7 +85,7 @@ def initial_states(model: ir.Model, plan: Plan, moments: dict[str, Moments] | No
                    steps: int = INIT_STEPS, progress: bool = True) -> dict[str, LayerState]:
     """Weight-decomposed cores per layer; with ``data_init`` also the data-aware ones (``whitened_init``
     where a closed form exists, then ``refine``), keeping whichever has the lower calibration output error."""
-    require_torch("compression from calibration data (--calib)")
+    require_torch(f"compression from calibration data ({opt('calib')})")
     from ttcompile.analysis.data_aware import Objective, Target, is_two_factor, output_error, refine, whitened_init
 
     states = {}

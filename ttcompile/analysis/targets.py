@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttcompile.analysis.features import BatchRunner, Calibration, embed, model_input
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, UserError, opt
 
 KMEANS_ITERATIONS = 50
 
@@ -142,7 +142,7 @@ def make_targets(calib: Calibration, proto, *, batch: int = 256, pseudo_classes:
                        f"per-position top-1 of the {layout} output ({seq.shape[1]} positions, {o.shape[2]} classes)",
                        time_axis=axis)
     if pseudo_classes < 2:
-        raise UserError(f"--pseudo-classes {pseudo_classes}: need at least 2")
+        raise OptionError(f"{opt('pseudo_classes')} {pseudo_classes}: need at least 2")
     if len(o) < 2 * pseudo_classes:
         raise UserError(f"{calib.source}: {len(o)} samples are too few for {pseudo_classes} pseudo-classes "
                         f"(the output {tuple(o.shape[1:])} is no class score; give at least {2 * pseudo_classes})")

@@ -35,7 +35,8 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
+from ttcompile.feeds import declared_dims
 from ttcompile.graph import load_model, to_proto
 from ttcompile.rewrite.counting import count_params, total_macs
 from ttcompile.runtime import make_session, provider_name, require_onnxruntime
@@ -237,6 +238,19 @@ def benchmark(
     )
 
 
+def default_batches(models: list[str]) -> list[int]:
+    """1, 32 and 256, or the one fixed batch the models' first input declares (e.g. ``(1, 3, 48, 320)``)."""
+    fixed = set()
+    for path in models:
+        try:
+            dims = next(iter(declared_dims(onnx.load(path, load_external_data=False)).values()), None)
+        except Exception:  # unreadable models are reported by benchmark() itself
+            continue
+        if dims and dims[0] is not None:
+            fixed.add(dims[0])
+    return sorted(fixed) if len(fixed) == 1 else [1, 32, 256]
+
+
 MAX_SAMPLE_BYTES = 1 << 30  # the inputs held for one model
 
 
@@ -245,13 +259,14 @@ def _load(path: Path, data: Dataset | None, batches: list[int], n: int, seed: in
     proto = to_proto(load_model(path))
     inputs = _inputs(proto, path)
     if data is not None and len(inputs) != 1:
-        raise UserError(f"{path}: --data feeds one input, the model has {len(inputs)}")
+        raise UserError(f"{path}: {opt('data')} feeds one input, the model has {len(inputs)}")
     fixed = {inp.dims[0] for inp in inputs} - {None}
     if len(fixed) > 1:
         raise UserError(f"{path}: inputs disagree on the batch size ({sorted(fixed)})")
     fixed_batch = fixed.pop() if fixed else None
     if fixed_batch is not None and set(batches) != {fixed_batch}:
-        raise UserError(f"{path}: the model has a fixed batch size of {fixed_batch}; use --batch {fixed_batch}")
+        raise UserError(f"{path}: the model has a fixed batch size of {fixed_batch}; "
+                        f"use {opt('batches')} {fixed_batch}")
     shapes = {inp.name: _sample_shape(inp, path, data) for inp in inputs}
     macs_batch = fixed_batch or 1
     note = None
@@ -265,7 +280,7 @@ def _load(path: Path, data: Dataset | None, batches: list[int], n: int, seed: in
         size = n * math.prod(shapes[inp.name]) * inp.dtype.itemsize
         if size > MAX_SAMPLE_BYTES:
             raise UserError(f"{path}: {n} samples of input {inp.name!r} would take {size / 2**30:.3g} GiB "
-                            f"(limit {MAX_SAMPLE_BYTES / 2**30:g} GiB); use smaller --batch sizes")
+                            f"(limit {MAX_SAMPLE_BYTES / 2**30:g} GiB); use smaller {opt('batches')}")
         if data is not None:
             samples[inp.name] = data.x.reshape(n, *shapes[inp.name]).astype(inp.dtype, copy=False)
         elif np.issubdtype(inp.dtype, np.floating):

@@ -7,7 +7,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-MAX_BATCH = 1 << 16  # samples per ONNX Runtime run; larger batches only exhaust memory
+from ttcompile.feeds import MAX_BATCH
+
 MAX_SECONDS = 3600.0
 
 

@@ -8,11 +8,7 @@ import sys
 
 from ttcompile.benchmark.tables import align, count, ratio
 from ttcompile.errors import UserError
-from ttcompile.graph import load_model
-from ttcompile.layers import find_layers
-from ttcompile.planning.allocators import plan_from_args
-from ttcompile.planning.auto_format import make_auto_plan
-from ttcompile.planning.plan import Plan, make_plan
+from ttcompile.planning.plan import Plan
 from ttcompile.rewrite.factorize import parse_modes
 from ttcompile.shapes import parse_input_shapes
 
@@ -46,38 +42,11 @@ def parse_mode_overrides(specs: list[str] | None) -> dict[str, dict]:
     return out
 
 
-def build_plan(args: argparse.Namespace):
-    """Load the model, find its layers and plan them from the command-line options."""
-    model = load_model(args.model)
-    layers = find_layers(model, parse_input_shapes(args.input_shape))
-    if not layers:
-        raise UserError(f"{args.model}: no Gemm, MatMul or Conv node, nothing to compress")
-    unknown = sorted(set(parse_mode_overrides(args.modes)) - {lay.name for lay in layers})
-    if unknown:
-        raise UserError(f"--modes names layers this model does not have: {', '.join(unknown)}")
-    if args.format == "auto" and getattr(args, "allocator", None) != "datafree":
-        return model, _auto_plan(args, model, layers)
-    budgeted = plan_from_args(args, model, layers, parse_mode_overrides(args.modes))
-    if budgeted is not None:
-        return model, budgeted
-    if args.rank is None and args.ratio is None:
-        args.ratio = 0.1
-    plan = make_plan(layers, args.format, model_path=args.model, rank=args.rank, ratio=args.ratio,
-                     force=args.force, allow_more_macs=args.allow_more_macs,
-                     modes=parse_mode_overrides(args.modes))
-    return model, plan
-
-
-def _auto_plan(args: argparse.Namespace, model, layers) -> Plan:
-    """``--format auto``: per layer, the lowest-error format within ``--ratio`` of its params."""
-    if args.rank is not None:
-        raise UserError("--format auto picks each layer's format and ranks from --ratio; --rank does not apply")
-    given = [f"--{k}" for k in ("modes", "budget") if getattr(args, k, None)]
-    if given:
-        raise UserError(f"{', '.join(given)} cannot be combined with --format auto (except --budget with "
-                        "--allocator datafree)")
-    return make_auto_plan(model, layers, ratio=0.1 if args.ratio is None else args.ratio, force=args.force,
-                          allow_more_macs=args.allow_more_macs, model_path=args.model)
+def plan_kwargs(args: argparse.Namespace) -> dict:
+    """The planning keyword arguments of ``ttcompile.inspect``/``plan``/``compress`` these options ask for."""
+    return dict(format=args.format, ratio=args.ratio, ranks=args.rank, modes=parse_mode_overrides(args.modes) or None,
+                input_shapes=parse_input_shapes(args.input_shape), force=args.force,
+                allow_more_macs=args.allow_more_macs)
 
 
 def plan_table(plan: Plan) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ttcompile.analysis.lwiq import analyze
+import ttcompile
 from ttcompile.analysis.sensitivity import CURVE_SAMPLES, READOUTS
 from ttcompile.benchmark.tables import align, count
 from ttcompile.cli.argtypes import batch_int, float_in, int_in
@@ -38,10 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_outputs([("MODEL", args.model), ("--calib", args.calib)], [("-o", args.output)])
     formats = [f for f in args.format.split(",") if f]
-    a = analyze(args.model, args.calib, formats=formats, modes=parse_mode_overrides(args.modes), batch=args.batch,
-                holdout=args.holdout, seed=args.seed, input_shapes=parse_input_shapes(args.input_shape),
-                pseudo_classes=args.pseudo_classes, readout=args.readout, curve_samples=args.curve_samples,
-                progress=not args.quiet)
+    a = ttcompile.analyze(args.model, args.calib, formats=formats, modes=parse_mode_overrides(args.modes),
+                          batch=args.batch, holdout=args.holdout, seed=args.seed,
+                          input_shapes=parse_input_shapes(args.input_shape), pseudo_classes=args.pseudo_classes,
+                          readout=args.readout, curve_samples=args.curve_samples, progress=not args.quiet)
     a.save(args.output)
     c = a.calibration
     headers = ["layer", "kind", "params", "MACs", "probe (after)", "D", "acc", "acc prev", "gain", "score"]

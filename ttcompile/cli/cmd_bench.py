@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ttcompile.cli.argtypes import MAX_BATCH, MAX_SECONDS, float_in, int_in, threads_int
+import ttcompile
+from ttcompile.cli.argtypes import MAX_SECONDS, float_in, int_in, threads_int
+from ttcompile.feeds import MAX_BATCH
 from ttcompile.paths import check_outputs
 
 
@@ -34,25 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ttcompile.benchmark.bench import benchmark
     from ttcompile.benchmark.report import format_table, write_json
 
     check_outputs([*(("MODEL", m) for m in args.models), ("--data", args.data)], [("--json", args.json)])
-    data = None
-    if args.data:
-        from ttcompile.models.data import load_dataset
-
-        data = load_dataset(args.data)
-    report = benchmark(
-        args.models,
-        data,
-        provider=args.provider,
-        batches=args.batch or default_batches(args.models),
-        threads=args.threads,
-        rounds=args.repeats,
-        min_time=args.min_time,
-        seed=args.seed,
-    )
+    report = ttcompile.bench(args.models, args.data, provider=args.provider, batches=args.batch,
+                             threads=args.threads, rounds=args.repeats, min_time=args.min_time, seed=args.seed,
+                             progress=True)
     print(format_table(report))
     for line in _latency_checks(report, args.models):
         print(line)
@@ -65,8 +54,8 @@ def _latency_checks(report, models: list[str]) -> list[str]:
     """Predicted vs measured latency for each model whose plan (``OUT.plan.json``) has a latency budget."""
     import json
 
-    from ttcompile.cli.cmd_compress import plan_path
     from ttcompile.planning.latency import budget_checks
+    from ttcompile.rewrite.pipeline import plan_path
 
     plans = {}
     for i, path in enumerate(models[1:], start=1):
@@ -75,23 +64,6 @@ def _latency_checks(report, models: list[str]) -> list[str]:
         except (OSError, ValueError, AttributeError):
             continue  # no plan beside it (or not ours): nothing to check
     return budget_checks(report, plans)
-
-
-def default_batches(models: list[str]) -> list[int]:
-    """1, 32 and 256, or the one fixed batch the models' first input declares (e.g. ``(1, 3, 48, 320)``)."""
-    import onnx
-
-    from ttcompile.feeds import declared_dims
-
-    fixed = set()
-    for path in models:
-        try:
-            dims = next(iter(declared_dims(onnx.load(path, load_external_data=False)).values()), None)
-        except Exception:  # unreadable models are reported by benchmark() itself
-            continue
-        if dims and dims[0] is not None:
-            fixed.add(dims[0])
-    return sorted(fixed) if len(fixed) == 1 else [1, 32, 256]
 
 
 def _batches(text: str) -> list[int]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import ttcompile
 from ttcompile.cli.argtypes import batch_int, count_int, float_in, positive_float, threads_int
-from ttcompile.graph import load_model, save_model, to_proto
+from ttcompile.graph import save_model
 from ttcompile.paths import check_outputs
-from ttcompile.rewrite.verify import check_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,39 +34,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def epoch_printer(epochs: int, metric: str):
-    """``on_epoch`` callback printing one line per finished epoch."""
-
-    def show(stats) -> None:
-        val = "" if stats.val is None else f"  val {metric} {stats.val:.4f}"
-        print(f"epoch {stats.epoch}/{epochs}  loss {stats.loss:.4f}{val}  lr {stats.lr:.2e}  "
-              f"{stats.seconds:.1f}s", flush=True)
-
-    return show
-
-
 def run(args: argparse.Namespace) -> int:
-    from ttcompile.models.data import load_dataset
-    from ttcompile.train.backends import finetune, require
-
-    require(args.backend)
     src, out = Path(args.model), Path(args.output)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     inputs = [("MODEL", src), ("--teacher", args.teacher), ("--train", args.train), ("--val", args.val)]
     check_outputs(inputs, [("-o", out), ("--checkpoint", checkpoint)])
-    student, teacher = to_proto(load_model(src)), to_proto(load_model(args.teacher))
-    train = load_dataset(args.train)
-    val = load_dataset(args.val) if args.val else None
-    metric = "accuracy" if val is not None and val.y is not None else "agreement"
     if args.resume and checkpoint.exists():
         print(f"resuming from {checkpoint}")
-    model, history = finetune(
-        student, teacher, train, val, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        temperature=args.temperature, kd_weight=args.kd_weight, weight_decay=args.weight_decay,
-        seed=args.seed, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet,
-        on_epoch=epoch_printer(args.epochs, metric), threads=args.threads or None, backend=args.backend)
-    check_model(model)
-    save_model(model, out)
+    result = ttcompile.finetune(
+        src, args.teacher, args.train, val=args.val, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        temperature=args.temperature, kd_weight=args.kd_weight, weight_decay=args.weight_decay, seed=args.seed,
+        checkpoint=checkpoint, resume=args.resume, threads=args.threads or None, backend=args.backend,
+        progress=not args.quiet)
+    save_model(result.model, out)
+    history = result.history
     if history.metric is not None:
         best = next(e for e in history.epochs if e.epoch == history.best_epoch)
         before = "" if history.initial_val is None else f", before fine-tuning {history.initial_val:.4f}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ttcompile.cli.cli_options import add_plan_arguments, build_plan, plan_table, print_json
+import ttcompile
+from ttcompile.cli.cli_options import add_plan_arguments, plan_kwargs, plan_table, print_json
 from ttcompile.rewrite.quant import precision_summary
 
 
@@ -14,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _, plan = build_plan(args)
+    plan = ttcompile.inspect(args.model, **plan_kwargs(args))
     if args.json:
         print_json(plan.to_json())
     else:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
-from ttcompile.errors import EXIT_USER, EXIT_VERIFY, UserError, VerificationError
+from ttcompile.errors import EXIT_USER, EXIT_VERIFY, UserError, VerificationError, cli_text
 from ttcompile.runtime import require_onnxruntime
 
 # subcommand -> (module, one-line help)
@@ -42,11 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split("\n"))
+    text = exc.cli_message() if isinstance(exc, (UserError, VerificationError)) else str(exc)
+    return " ".join(text.split("\n"))
+
+
+class _Stdout(logging.Handler):
+    """The library's log lines (``logging``, logger ``ttcompile``) printed to the current stdout."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(cli_text(self.format(record)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     prog = "ttcompile"
+    logger, handler = logging.getLogger("ttcompile"), _Stdout()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         parser = build_parser()
         try:
@@ -65,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

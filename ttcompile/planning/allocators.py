@@ -46,7 +46,6 @@ The returned Plan records each layer's score, the knob, the budget report and th
 
 from __future__ import annotations
 
-import argparse
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -55,20 +54,18 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.analysis.features import Calibration, load_calibration, predict
-from ttcompile.analysis.lwiq import Analysis, analyze
-from ttcompile.cli.argtypes import batch_int
-from ttcompile.errors import UserError
+from ttcompile.analysis.features import Calibration, predict
+from ttcompile.analysis.lwiq import Analysis
+from ttcompile.errors import OptionError, UserError, opt
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, dense_weight
-from ttcompile.passes.base import Format, get_format
+from ttcompile.passes.base import Format
 from ttcompile.planning import datafree, knapsack
-from ttcompile.planning.budget import Budget, Family, Planner, parse_budget, scaled_ranks, solve
+from ttcompile.planning.budget import Budget, Family, Planner, scaled_ranks, solve
 from ttcompile.planning.hull import lower_hull
-from ttcompile.planning.latency import LatencyBudget, latency_from_args
-from ttcompile.planning.plan import Plan, file_sha256
+from ttcompile.planning.latency import LatencyBudget
+from ttcompile.planning.plan import Plan
 from ttcompile.rewrite.compress import rewrite_layer
-from ttcompile.shapes import parse_input_shapes
 
 GREEDY_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75)
 RANK_MAPPING = "r_{l,k} = clip(floor(x_l * R_{l,k} + 1/2), 1, R_{l,k}), R = Format.max_ranks"
@@ -103,7 +100,8 @@ class Allocator(ABC):
 
     def mixed_search(self, ctx: Context) -> Search:
         """The search with a format per layer (``--format auto``)."""
-        raise UserError(f"--format auto with --budget needs --allocator datafree, not {self.name}")
+        raise OptionError(f"{opt('format')} auto with {opt('budget')} needs {opt('allocator')} datafree, "
+                          f"not {self.name}")
 
 
 def _midpoints(steps: set[float]) -> list[float]:
@@ -128,16 +126,17 @@ class LwiqAllocator(Allocator):
         if curves is None:
             have = ", ".join(analysis.curves) or "none"
             raise UserError(f"the analysis has no sensitivity curves for format {fmt} (it has: {have}); "
-                            f"re-run 'ttcompile analyze --format {fmt}'")
+                            f"analyse again with {opt('formats')} {fmt}")
         for lay in planner.active:
             curve = curves.get(lay.name)
             if curve is None:
-                raise UserError(f"the analysis has no curve for layer {lay.name}; re-run 'ttcompile analyze'")
+                raise UserError(f"the analysis has no curve for layer {lay.name}; analyse this model again")
             if curve.modes is not None and curve.modes != planner.modes[lay.name]:
                 raise UserError(f"the analysis measured layer {lay.name} with modes {curve.modes}, the plan "
-                                f"uses {planner.modes[lay.name]}; re-run 'ttcompile analyze' with the same --modes")
+                                f"uses {planner.modes[lay.name]}; analyse again with the same {opt('modes')}")
         if ctx.lwiq_weights not in LWIQ_WEIGHTS:
-            raise UserError(f"unknown LWIQ weights {ctx.lwiq_weights!r}: choose one of {', '.join(LWIQ_WEIGHTS)}")
+            raise OptionError(f"unknown {opt('lwiq_weights')} {ctx.lwiq_weights!r}: choose one of "
+                              f"{', '.join(LWIQ_WEIGHTS)}")
         scores = analysis.scores
         weight = {lay.name: scores[lay.name] if ctx.lwiq_weights == "gain" else 1.0 for lay in planner.active}
         base = planner.base()
@@ -338,11 +337,11 @@ class Search:
 def search(name: str, ctx: Context) -> Search:
     """Run allocator ``name``'s budget-independent part (greedy: its per-layer evaluations)."""
     if name not in ALLOCATORS:
-        raise UserError(f"unknown allocator {name!r}: choose one of {', '.join(ALLOCATORS)}")
+        raise OptionError(f"unknown {opt('allocator')} {name!r}: choose one of {', '.join(ALLOCATORS)}")
     alloc = ALLOCATORS[name]
     for need in alloc.needs:
         if getattr(ctx, need) is None:
-            raise UserError(f"allocator {name} needs {need} (see --calib / --analysis)")
+            raise OptionError(f"allocator {name} needs {need} (see {opt('calib')} / {opt('analysis')})")
     if ctx.fmt.name == "auto":  # a format per layer: the allocator plans each budget itself
         return alloc.mixed_search(ctx)
     start = time.perf_counter()
@@ -354,97 +353,3 @@ def search(name: str, ctx: Context) -> Search:
 def allocate(name: str, ctx: Context, budget: Budget) -> Plan:
     """Plan meeting ``budget`` with allocator ``name`` (``search`` then ``Search.plan``)."""
     return search(name, ctx).plan(budget)
-
-
-# ---- command line -------------------------------------------------------------------------------
-
-
-def add_budget_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("budgeted rank selection")
-    g.add_argument("--budget", help="params=F, macs=F and/or latency=F: F <= 1 keeps that fraction of the "
-                                    "compressible layers' total (latency: of the whole model's latency measured at "
-                                    "--batch/--threads/--provider), F > 1 is an absolute count (latency: ms), "
-                                    "e.g. params=0.1,latency=0.5")
-    g.add_argument("--allocator", choices=sorted(ALLOCATORS), help="rank allocator for --budget (default lwiq)")
-    g.add_argument("--analysis", help="LWIQ scores from 'ttcompile analyze' (no model run needed)")
-    g.add_argument("--calib", help="calibration data (.npz with x[, y] or a dataset spec) for lwiq/greedy")
-    g.add_argument("--calib-batch", type=int, default=256, help="samples per ORT run on calibration data")
-    g.add_argument("--lwiq-weights", choices=LWIQ_WEIGHTS, default="flat",
-                   help="lwiq: weight of each layer's proxy-accuracy drop (flat: 1; gain: its LWIQ score)")
-    g.add_argument("--batch", type=batch_int, default=1, help="latency budget: batch size it is measured at")
-    g.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="latency budget: execution provider")
-    g.add_argument("--pseudo-classes", type=int, default=10,
-                   help="lwiq with --calib on a model whose output is no class score: k-means classes (default 10)")
-
-
-def plan_from_args(args: argparse.Namespace, model: ir.Model, layers: list[Layer], modes: dict | None
-                   ) -> Plan | None:
-    """The budgeted plan the command-line options ask for; None without ``--budget``."""
-    if not getattr(args, "budget", None):
-        given = [f"--{k.replace('_', '-')}" for k in ("allocator", "analysis", "calib") if getattr(args, k, None)]
-        if given:
-            raise UserError(f"{', '.join(given)} only apply with --budget")
-        return None
-    budget = parse_budget(args.budget)
-    if args.rank is not None or args.ratio is not None or (args.force and budget.latency is None):
-        raise UserError("--budget replaces --rank/--ratio/--force (--force only lifts a latency budget's measured "
-                        "guard); give one or the other")
-    try:
-        fmt = get_format(args.format)
-    except KeyError:
-        if args.format != "auto":
-            raise UserError(f"unknown format {args.format!r}") from None
-        from ttcompile.planning.datafree_mix import ByLayer
-
-        fmt = ByLayer({})
-    name = args.allocator or "lwiq"
-    ctx = Context(args.model, file_sha256(args.model), layers, fmt, modes, args.allow_more_macs, model=model,
-                  batch=args.calib_batch, progress=not getattr(args, "quiet", False), lwiq_weights=args.lwiq_weights)
-    if name == "lwiq":
-        if args.analysis:
-            ctx.analysis = Analysis.load(args.analysis)
-            ctx.analysis.check_model(args.model)
-        elif args.calib:
-            ctx.analysis = analyze(args.model, args.calib, formats=[fmt.name], modes=modes, batch=args.calib_batch,
-                                   input_shapes=parse_input_shapes(args.input_shape),
-                                   pseudo_classes=args.pseudo_classes, progress=ctx.progress)
-        else:
-            raise UserError("--allocator lwiq needs --analysis A.json (from 'ttcompile analyze') or --calib DATA")
-    elif args.analysis:
-        raise UserError(f"--analysis is for the lwiq allocator, not {name}")
-    if name == "greedy":
-        if not args.calib:
-            raise UserError("--allocator greedy needs --calib DATA")
-        ctx.calibration = load_calibration(args.calib, to_proto(model))
-    if budget.latency is not None:
-        active = [lay for lay in layers if not (lay.skip or fmt.supports(lay))]
-        ctx.latency = latency_from_args(args, args.model, active, ctx.progress)
-    try:
-        return allocate(name, ctx, budget)
-    finally:
-        if ctx.latency is not None:
-            ctx.latency.table.close()
-
-
-def describe(plan: Plan) -> str:
-    """One line: allocator, knob, achieved fraction of each budget, search time."""
-    s = plan.settings
-    rep = s["budget"]
-
-    def num(v: float) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    sizes = ", ".join(f"{m} {num(rep['achieved'][m])} = {rep['fractions'][m]:.2%} of {num(rep['base'][m])} "
-                      f"({rep['of_target'][m]:.1%} of target)" for m in rep["targets"])
-    if "latency" in rep:
-        lat = rep["latency"]
-        sizes += (f" (latency in ms per run, predicted as {lat['formula']} from {lat['measured_pairs']} new "
-                  f"measurements on {lat['provider']} at batch {lat['batch']}, {lat['threads']} thread(s), "
-                  f"{lat['cpu']}, onnxruntime {lat['onnxruntime']}; cache {lat['cache']})")
-    capped = (f"; MAC-capped (larger ranks would need more MACs than dense, --allow-more-macs lifts it): "
-              f"{', '.join(rep['mac_capped'])}" if rep["mac_capped"] else "")
-    labels = s["analysis"]["calibration"]["labels"] if "analysis" in s else s.get("greedy", {}).get("labels")
-    analysis_time = f" (+ LWIQ analysis {s['analysis']['time_s']:.2f} s)" if "analysis" in s else ""
-    return (f"allocator {s['allocator']} ({s['format']}): {s['knob']['name']} = {s['knob']['value']:.6g}; "
-            f"{sizes}; search {s['search_time_s']:.3f} s{analysis_time}{capped}"
-            + (f"; calibration labels: {labels}" if labels else ""))

@@ -19,10 +19,11 @@ from typing import NamedTuple
 import numpy as np
 import onnx_ir as ir
 
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, opt
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes import FORMATS, Format, get_format
-from ttcompile.planning.plan import LayerPlan, Plan, file_sha256, layer_plan
+from ttcompile.planning.plan import LayerPlan, Plan, layer_plan
+from ttcompile.sources import ModelId, model_id
 
 ALIGN = 16
 PREFERENCE = ("svd", "tucker", "cp", "tt")  # tie-break order; other registered formats follow by name
@@ -125,7 +126,7 @@ def make_auto_plan(
     formats: list[str] | None = None,
     force: bool = False,
     allow_more_macs: bool = False,
-    model_path: str | Path,
+    model_path: str | Path | ModelId,
     align: int = ALIGN,
 ) -> Plan:
     """Plan every layer with its best format (``choose_format``) at ``ratio`` of its dense params.
@@ -135,14 +136,15 @@ def make_auto_plan(
     a single-format plan. The chosen format's reconstruction error is recorded in ``LayerPlan.error``.
     """
     if not 0 < ratio <= 1:
-        raise UserError(f"--ratio {ratio} is outside (0, 1]")
+        raise OptionError(f"{opt('ratio')} {ratio} is outside (0, 1]")
     formats = list(formats) if formats else default_formats()
     unknown = [f for f in formats if f not in default_formats()]
     if unknown:
-        raise UserError(f"unknown format(s) {', '.join(unknown)}; registered: {', '.join(default_formats())}")
+        raise OptionError(f"unknown {opt('formats')} {', '.join(unknown)}; registered: {', '.join(default_formats())}")
     settings = {"format": "auto", "formats": formats, "rank": None, "ratio": ratio, "force": force,
                 "allow_more_macs": allow_more_macs, "align": align}
-    plan = Plan(str(model_path), file_sha256(model_path), settings)
+    mid = model_id(model_path)
+    plan = Plan(mid.name, mid.sha256, settings)
     for layer in layers:
         plan.layers.append(_auto_layer_plan(model, layer, ratio, formats, force, allow_more_macs, align))
     return plan

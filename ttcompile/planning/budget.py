@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, UserError, opt
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format
 from ttcompile.planning.knapsack import ExactSolver, exact_step
@@ -56,10 +56,11 @@ class Budget:
             if v is None:
                 continue
             if base[m] is None and m == "latency":
-                raise UserError("a latency budget needs measured latencies (give --budget latency=F to compress)")
+                raise UserError(f"a latency budget needs measured latencies (give {opt('budget')} latency=F "
+                                "to compress)")
             if base[m] is None:
                 raise UserError(f"a {m} budget needs every layer's {m}, and some are unknown "
-                                "(shape inference did not resolve them; try --input-shape)")
+                                f"(shape inference did not resolve them; try {opt('input_shapes')})")
             out[m] = v * base[m] if v <= 1 else v
         return out
 
@@ -74,11 +75,11 @@ def parse_budget(spec: str) -> Budget:
                 raise ValueError
             values[key] = float(text)
         except ValueError:
-            raise UserError(f"--budget {spec!r}: expected params=F, macs=F and/or latency=F (comma separated), "
-                            "F a fraction in (0, 1] or an absolute count (latency: ms), e.g. params=0.1,latency=0.5"
-                            ) from None
+            raise OptionError(f"{opt('budget')} {spec!r}: expected params=F, macs=F and/or latency=F (comma "
+                              "separated), F a fraction in (0, 1] or an absolute count (latency: ms), e.g. "
+                              "params=0.1,latency=0.5") from None
         if not values[key] > 0:
-            raise UserError(f"--budget {spec!r}: {key} must be positive")
+            raise OptionError(f"{opt('budget')} {spec!r}: {key} must be positive")
     return Budget(**values)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, opt
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format, get_format
 from ttcompile.planning import datafree
@@ -144,7 +144,7 @@ class MixedSearch:
 def mixed_search(ctx: Context) -> MixedSearch:
     """Models of every layer in each of ``MIX_FORMATS`` it supports (layers none supports are skipped)."""
     if ctx.modes:
-        raise UserError("--modes does not apply to --format auto (CP and Tucker-2 have no modes)")
+        raise OptionError(f"{opt('modes')} does not apply to {opt('format')} auto (CP and Tucker-2 have no modes)")
     start = time.perf_counter()
     models: dict[str, dict[str, datafree.LayerModel]] = {}
     for lay in ctx.layers:

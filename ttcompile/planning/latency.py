@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.layers import Layer
-from ttcompile.planning.plan import LayerPlan, file_sha256
+from ttcompile.planning.plan import LayerPlan
 from ttcompile.runtime import provider_name, require_onnxruntime
 
 SCHEMA = "ttcompile.planning.latency/1"
@@ -182,16 +182,15 @@ class LatencyTable:
         dense, chain = self.entries[key]
         return dense, chain
 
-    def reference(self, path: str | Path, layers: list[Layer]) -> tuple[float, dict[str, float]]:
-        """``(T_model, {layer_group: D_l})``: the whole model file and each of ``layers`` alone in dense form,
-        timed in one interleaved run (cached by the file's SHA-256)."""
+    def reference(self, model: onnx.ModelProto, key: str, layers: list[Layer]) -> tuple[float, dict[str, float]]:
+        """``(T_model, {layer_group: D_l})``: the whole ``model`` and each of ``layers`` alone in dense form,
+        timed in one interleaved run (cached by ``key``, the model's SHA-256)."""
         from ttcompile.rewrite.layer_model import dense_model
 
-        key = file_sha256(path)
         groups = {layer_group(lay): lay for lay in layers}
         ref = self.models.get(key)
         if ref is None or not set(groups) <= set(ref["dense_ms"]):
-            times = self._time([onnx.load(path), *(dense_model(lay, self.env.batch) for lay in groups.values())],
+            times = self._time([model, *(dense_model(lay, self.env.batch) for lay in groups.values())],
                                REFERENCE_MIN_TIME_S)
             ref = self.models[key] = {"model_ms": times[0], "dense_ms": dict(zip(groups, times[1:]))}
             self.save()
@@ -248,14 +247,6 @@ class LatencyBudget:
                 "measured_pairs": self.table.measured, "refused": self.table.refused,
                 "cache": str(self.table.path) if self.table.path else None,
                 "cache_invalidated": self.table.invalidated, "allow_slower": self.allow_slower}
-
-
-def latency_from_args(args, model_path: str, layers: list[Layer], progress: bool) -> LatencyBudget:
-    """``--provider``/``--batch``/``--threads`` -> the table (cached) and the reference of the budgeted
-    ``layers``."""
-    env = current_env(getattr(args, "provider", "cpu"), getattr(args, "batch", 1), getattr(args, "threads", 1))
-    table = LatencyTable(env, cache_path(env), progress=progress)
-    return LatencyBudget(table, *table.reference(model_path, layers), allow_slower=bool(getattr(args, "force", False)))
 
 
 def budget_checks(bench_report, plans: dict[int, dict]) -> list[str]:

@@ -6,16 +6,16 @@ applies a saved plan exactly, and a person may edit its ``modes``/``ranks`` by h
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ttcompile.atomic import write_bytes_atomic
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, UserError, opt
 from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer
 from ttcompile.passes.base import Format, get_format
+from ttcompile.sources import ModelId, model_id
 
 PLAN_VERSION = 1
 
@@ -118,14 +118,6 @@ class Plan:
                 "compressed_layers": sum(lp.action == "compress" for lp in self.layers)}
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ranks_for_ratio(fmt: Format, layer: Layer, modes: dict, ratio: float) -> list[int]:
     """Largest uniform rank whose realized params stay within ``ratio`` of the dense layer (rank 1 at least)."""
     best = fmt.uniform_ranks(layer, modes, 1)
@@ -156,26 +148,28 @@ def make_plan(
     layers: list[Layer],
     format_name: str,
     *,
-    model_path: str | Path,
+    model_path: str | Path | ModelId,
     rank: int | None = None,
     ratio: float | None = None,
     force: bool = False,
     allow_more_macs: bool = False,
     modes: dict[str, dict] | None = None,
 ) -> Plan:
-    """Uniform-rank or per-layer-ratio plan for every layer (the LWIQ allocator has its own entry)."""
+    """Uniform-rank or per-layer-ratio plan for every layer (the LWIQ allocator has its own entry).
+    ``model_path``: the model file, or the ``ModelId`` of an in-memory model, that the plan records."""
     if rank is None and ratio is None:
-        raise UserError("give a rank (--rank) or a parameter ratio (--ratio)")
+        raise OptionError(f"give a rank ({opt('ranks')}) or a parameter ratio ({opt('ratio')})")
     if ratio is not None and not 0 < ratio <= 1:
-        raise UserError(f"--ratio {ratio} is outside (0, 1]")
-    if rank is not None and rank < 1:
-        raise UserError(f"--rank {rank} must be at least 1")
+        raise OptionError(f"{opt('ratio')} {ratio} is outside (0, 1]")
+    if rank is not None and (type(rank) is not int or rank < 1):
+        raise OptionError(f"{opt('ranks')} {rank} must be an integer of at least 1")
     try:
         fmt = get_format(format_name)
     except KeyError:
-        raise UserError(f"unknown format {format_name!r}") from None
+        raise OptionError(f"unknown {opt('format')} {format_name!r}") from None
     settings = {"format": format_name, "rank": rank, "ratio": ratio, "force": force, "allow_more_macs": allow_more_macs}
-    plan = Plan(str(model_path), file_sha256(model_path), settings)
+    mid = model_id(model_path)
+    plan = Plan(mid.name, mid.sha256, settings)
     for layer in layers:
         reason = layer.skip or fmt.supports(layer)
         if reason:

@@ -9,7 +9,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 from tqdm import tqdm
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
 from ttcompile.graph import const_array
 from ttcompile.layers import Layer, dense_weight, find_node, layer_io
 from ttcompile.passes.base import ChainBuilder, fc_input, fc_output, get_format
@@ -124,7 +124,7 @@ def check_plan_layers(plan: Plan, layers: list[Layer]) -> None:
                                     f"in the plan, {mine[key].get(k)!r} in the model")
             elif _norm(mine.get(key)) != _norm(theirs.get(key)):
                 raise UserError(f"plan layer {lp.name!r}: {key} is {theirs.get(key)!r} in the plan, "
-                                f"{mine.get(key)!r} in the model (plan with the same --input-shape)")
+                                f"{mine.get(key)!r} in the model (plan with the same {opt('input_shapes')})")
 
 
 def _norm(v):

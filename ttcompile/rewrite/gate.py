@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ttcompile.errors import VerificationError
+from ttcompile.errors import VerificationError, opt
 
 FLOOR = 1e-4
 FP16_FLOOR = 1e-2
@@ -78,7 +78,7 @@ def judge(output_errors: dict[str, float], layer_errors: list[float], max_error:
     if any(not math.isfinite(v) for v in output_errors.values()):
         measured = math.nan
     if max_error is not None:
-        return Verdict(measured, max_error, "--max-error")
+        return Verdict(measured, max_error, opt("max_error"))
     if trained:
         return Verdict(measured, None, "trained cores: finite outputs")
     total = sum(layer_errors)

@@ -7,7 +7,7 @@ from math import prod
 import numpy as np
 import onnx
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
 from ttcompile.feeds import split_feeds
 from ttcompile.runtime import first_line, make_session, ort_errors
 from ttcompile.shapes import fix_input_dims
@@ -42,11 +42,12 @@ def random_inputs(
         shape = [d.dim_value for d in tt.shape.dim]
         dtype = _NP_TYPES.get(tt.elem_type)
         if dtype is None:
-            raise UserError(f"input {inp.name!r} has an element type random inputs cannot fill; pass --data")
+            raise UserError(f"input {inp.name!r} has an element type random inputs cannot fill; pass {opt('data')}")
         size = prod(shape) * np.dtype(dtype).itemsize
         if size > MAX_INPUT_BYTES:
             raise UserError(f"input {inp.name!r} of shape {'x'.join(map(str, shape))} would take {size / 2**30:.3g} "
-                            f"GiB (limit {MAX_INPUT_BYTES / 2**30:g} GiB); give a smaller shape with --input-shape")
+                            f"GiB (limit {MAX_INPUT_BYTES / 2**30:g} GiB); give a smaller shape with "
+                            f"{opt('input_shapes')}")
         feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
 

@@ -1,6 +1,6 @@
 """Compress with training: core-space fine-tuning, optionally after learned rank selection.
 
-``method`` (``Settings.method``):
+``method`` (``TrainSettings.method``):
 
 * ``none``: the plan's cores (TT/TR-SVD of the trained weights) are fine-tuned in core space with
   distillation from the original model for ``epochs`` epochs, then emitted;
@@ -16,59 +16,23 @@ ONNX model and the plan it was emitted with (the learned ranks for ``l0``).
 
 from __future__ import annotations
 
-import argparse
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 
-from ttcompile.errors import UserError
-from ttcompile.graph import to_proto
 from ttcompile.models.data import Dataset
 from ttcompile.planning.plan import Plan
 from ttcompile.rewrite.compress import RewriteResult
 from ttcompile.rewrite.counting import count_params
-from ttcompile.rewrite.verify import check_model
 from ttcompile.train.finetune import History, finetune
 from ttcompile.train.hooks import TrainHook
 from ttcompile.train.lowrank import CoreSpace, export_cores, plan_for_cores
+from ttcompile.train.settings import TrainSettings
 
-METHODS = ("none", "l0", "admm")
-
-
-@dataclass(frozen=True)
-class Settings:
-    method: str = "none"
-    epochs: int = 10  # core-space fine-tuning at the final ranks
-    select_epochs: int | None = None  # ℓ0 / ADMM phase (default: epochs)
-    lam: float = 0.2  # ℓ0 penalty weight λ
-    sigma: float = 0.5  # ℓ0 gate noise σ
-    mu_scale: float = 1.0  # ℓ0 gate speed: μ = mu_scale · ν, ν trained with Adam
-    normalize: str = "bond"  # ℓ0 penalty: mean per bond (Cao) or "layer": 1/(R-1) per entry
-    target_cr: float | None = None  # ℓ0: freeze the gates at this whole-network compression
-    rho: float = 1e-3  # ADMM ρ
-    lr: float = 1e-3
-    batch_size: int = 128
-    temperature: float = 4.0
-    kd_weight: float = 0.9
-    seed: int = 0
-    threads: int | None = 1
-    smallest: bool = True  # emit the realization with the fewest parameters (else the fastest one)
-
-    def check(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"unknown rank selection {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.epochs < 0 or (self.select_epochs is not None and self.select_epochs < 1):
-            raise UserError("fine-tuning epochs must be >= 0 and selection epochs >= 1")
-        if self.target_cr is not None and (self.method != "l0" or self.target_cr <= 1):
-            raise UserError("a target compression (> 1) needs the l0 rank selection")
-        if self.method == "l0" and not (self.lam >= 0 and self.sigma > 0):
-            raise UserError(f"l0 needs lambda >= 0 and sigma > 0, got {self.lam}, {self.sigma}")
-        if self.method == "admm" and not self.rho > 0:
-            raise UserError(f"admm needs rho > 0, got {self.rho}")
-
+logger = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
@@ -78,7 +42,7 @@ class Outcome:
     histories: dict[str, History]  # per phase: "select", "finetune"
 
 
-def _finetune(s: Settings, student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset,
+def _finetune(s: TrainSettings, student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset,
               val: Dataset | None, epochs: int, hooks: list[TrainHook], progress: bool):
     return finetune(student, teacher, train, val, epochs=epochs, lr=s.lr, batch_size=s.batch_size,
                     temperature=s.temperature, kd_weight=s.kd_weight, seed=s.seed, hooks=hooks,
@@ -86,12 +50,13 @@ def _finetune(s: Settings, student: onnx.ModelProto, teacher: onnx.ModelProto, t
 
 
 def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: Plan, train: Dataset,
-                       val: Dataset | None, settings: Settings, log: Callable[[str], None] = print,
+                       val: Dataset | None, settings: TrainSettings, log: Callable[[str], None] = logger.info,
                        progress: bool = False, epoch_hooks: list[TrainHook] | None = None) -> Outcome:
     """Run ``settings.method`` on ``dense`` (the normalised original, whose node and initializer names the
-    plan uses) and return the compressed model. ``epoch_hooks`` (e.g. printers) join every phase."""
+    plan uses) and return the compressed model. ``log`` takes the phases' messages (default: logging);
+    ``epoch_hooks`` join every phase (default: one log line per epoch)."""
     settings.check()
-    s, extra, histories = settings, list(epoch_hooks or ()), {}
+    s, extra, histories = settings, list([EpochLogger()] if epoch_hooks is None else epoch_hooks), {}
     select_epochs = s.select_epochs or max(s.epochs, 1)
     cores: dict[str, list[np.ndarray]] | None = None
     if s.method == "l0":
@@ -119,31 +84,9 @@ def compress_and_train(dense: onnx.ModelProto, teacher: onnx.ModelProto, plan: P
     return Outcome(model, plan, results, histories)
 
 
-def train_compressed(args: argparse.Namespace, model: ir.Model, plan: Plan):
-    """``compress --train``: train as the options say and check the result; returns (plan with the emitted
-    ranks, rewrite results, model) like ``cmd_compress.compress_model``. Writes nothing."""
-    from ttcompile.cli.cmd_compress import check_some_compressed, check_some_rewritten
-    from ttcompile.models.data import load_dataset
-
-    check_some_compressed(plan)
-    settings = Settings(method=args.rank_select or "none", epochs=args.finetune_epochs,
-                        select_epochs=args.select_epochs, lam=args.lam, sigma=args.sigma, mu_scale=args.mu_scale,
-                        normalize=args.l0_normalize,
-                        target_cr=args.target_cr, rho=args.rho, lr=args.lr, threads=args.threads or None)
-    settings.check()
-    dense = to_proto(model)
-    outcome = compress_and_train(dense, dense, plan, load_dataset(args.train),
-                                 load_dataset(args.val) if args.val else None, settings,
-                                 log=lambda line: print(line, flush=True), progress=not args.quiet,
-                                 epoch_hooks=[EpochPrinter()])
-    check_some_rewritten(outcome.plan, outcome.results)
-    check_model(outcome.model)
-    return outcome.plan, outcome.results, outcome.model
-
-
-class EpochPrinter(TrainHook):
-    """One line per finished epoch."""
+class EpochLogger(TrainHook):
+    """One log line per finished epoch."""
 
     def on_epoch_end(self, module, stats) -> None:
         val = "" if stats.val is None else f"  val {stats.val:.4f}"
-        print(f"epoch {stats.epoch}  loss {stats.loss:.4f}{val}  {stats.seconds:.1f}s", flush=True)
+        logger.info("epoch %s  loss %.4f%s  %.1fs", stats.epoch, stats.loss, val, stats.seconds)
