@@ -32,18 +32,19 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from ttcompile.allocators import Context, Search, search
+from ttcompile.analysis.features import load_calibration, predict
+from ttcompile.analysis.lwiq import analyze
 from ttcompile.atomic import write_bytes_atomic
-from ttcompile.budget import Budget, BudgetInfeasible
-from ttcompile.compress import apply_plan
-from ttcompile.features import load_calibration, predict
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
-from ttcompile.lwiq import analyze
 from ttcompile.models.data import Dataset, load_dataset
 from ttcompile.passes.base import get_format
-from ttcompile.plan import Plan, file_sha256
-from ttcompile.plot import Pareto, Point, write_pareto
+from ttcompile.planning.allocators import Context, Search, search
+from ttcompile.planning.budget import Budget, BudgetInfeasible
+from ttcompile.planning.plan import Plan
+from ttcompile.rewrite.compress import apply_plan
+from ttcompile.sources import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"lenet5": "lenet5_mnist.onnx", "resnet20": "resnet20_mnist.onnx", "resnet56": "resnet56_mnist.onnx"}

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 
 from ttcompile.atomic import atomic_path
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
 from ttcompile.models.data import load_dataset
-from ttcompile.plot import Pareto, Point, write_pareto
 from ttcompile.runtime import make_session
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ fits r x the layer's params; layers where the format cannot save parameters (or 
 stay dense and are listed. Reported: whole-network params of the written ONNX file, mean relative
 reconstruction error ``||W - W_hat|| / ||W||`` over the compressed layers (``apply_plan``), ONNX Runtime
 top-1 accuracy on the MNIST test set (10k) with the decomposed weights as they are (no fine-tuning),
-ONNX Runtime CPU latency at batch 1 and 32 with 1 thread (``ttcompile.bench.benchmark``, every
+ONNX Runtime CPU latency at batch 1 and 32 with 1 thread (``ttcompile.benchmark.bench.benchmark``, every
 compressed model of one ratio interleaved with the original, whose latency the speedups divide), and
 compression wall time (planning + decomposition + rewrite + check + save).
 
@@ -35,18 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ttcompile.auto_format import make_auto_plan
-from ttcompile.bench import benchmark
-from ttcompile.cmd_compress import compress_in_memory, save_pair
-from ttcompile.counting import count_params
+from ttcompile.benchmark.bench import benchmark
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
+from ttcompile.benchmark.tables import align
 from ttcompile.errors import UserError
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
 from ttcompile.models.data import Dataset, load_dataset
 from ttcompile.passes import get_format
-from ttcompile.plan import Plan, make_plan, ranks_for_ratio
-from ttcompile.plot import Pareto, Point, write_pareto
-from ttcompile.tables import align
+from ttcompile.planning.auto_format import make_auto_plan
+from ttcompile.planning.plan import Plan, make_plan, ranks_for_ratio
+from ttcompile.rewrite.counting import count_params
+from ttcompile.rewrite.pipeline import compress_in_memory, save_pair
 
 MODELS = {"lenet5": Path("models/lenet5_mnist.onnx"), "resnet20": Path("models/resnet20_mnist.onnx")}
 STT_T = 2
@@ -207,7 +207,8 @@ def markdown(result: dict) -> str:
         "on a shared 2-core machine "
         "(other jobs running); (x) = speedup over the original measured in the same interleaved run. "
         "`params` counts the whole network; `P x` = original / compressed. `left dense`: layers the format "
-        "kept dense (reasons in formats.json). auto = per layer the lowest-error format (ttcompile.auto_format).",
+        "kept dense (reasons in formats.json). auto = per layer the lowest-error format "
+        "(ttcompile.planning.auto_format).",
         "", *align(headers, table), "",
         *([f"Not run: {', '.join(result['missing'])}", ""] if result.get("missing") else []),
         f"CP decomposition of a random 256x256x3x3 kernel at 1/10 of its params (rank {cp['ranks'][0]}): "

@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ttcompile.latency import cpu_model
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
 from ttcompile.models.mnist import cache_dir
-from ttcompile.plot import Pareto, Point, write_pareto
+from ttcompile.planning.latency import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -1,6 +1,6 @@
 """Redraw the Pareto PNGs of benchmarks/results from their JSON files, without rerunning anything.
 
-Each benchmark script with a quality-vs-size table has ``pareto(doc) -> ttcompile.plot.Pareto`` and
+Each benchmark script with a quality-vs-size table has ``pareto(doc) -> ttcompile.benchmark.plot.Pareto`` and
 writes ``results/STEM.png`` beside ``STEM.md`` itself; this script applies those same functions to
 the stored JSON files (``STEM.json``, also variants such as ``allocators_resnet.json``).
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ttcompile.plot import write_pareto  # noqa: E402
+from ttcompile.benchmark.plot import write_pareto  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the scripts with a Pareto plot; a JSON file belongs to the longest script name its stem starts with

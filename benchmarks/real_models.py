@@ -39,14 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import ZOO, ZooModel, ctc_decode  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
-from ttcompile.cmd_compress import compress_in_memory, save_pair  # noqa: E402
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto  # noqa: E402
+from ttcompile.benchmark.tables import align, count  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
 from ttcompile.graph import load_model  # noqa: E402
 from ttcompile.layers import find_layers  # noqa: E402
-from ttcompile.plan import make_plan  # noqa: E402
-from ttcompile.plot import Pareto, Point, write_pareto  # noqa: E402
-from ttcompile.tables import align, count  # noqa: E402
-from ttcompile.verify import run_errors, run_split  # noqa: E402
+from ttcompile.planning.plan import make_plan  # noqa: E402
+from ttcompile.rewrite.pipeline import compress_in_memory, save_pair  # noqa: E402
+from ttcompile.rewrite.verify import run_errors, run_split  # noqa: E402
 
 FORMATS = ["tt", "tr", "tucker", "cp", "svd", "stt", "str", "sttu"]
 SAMPLES = {"ocr_rec": 32, "ocr_cls": 64, "ocr_det": 3, "orientation": 32, "vad": 200, "vad_op15": 200}

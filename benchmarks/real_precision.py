@@ -36,16 +36,16 @@ from real_models import RESULTS, agreement, first_output  # noqa: E402
 from zoo import ZOO, ZooModel  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
-from ttcompile.cmd_compress import compress_in_memory, save_pair  # noqa: E402
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto  # noqa: E402
+from ttcompile.benchmark.tables import align  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
 from ttcompile.graph import load_model  # noqa: E402
 from ttcompile.layers import find_layers  # noqa: E402
 from ttcompile.models.fp16 import to_fp16  # noqa: E402
-from ttcompile.plan import make_plan  # noqa: E402
-from ttcompile.plot import Pareto, Point, write_pareto  # noqa: E402
-from ttcompile.quant import precision_summary  # noqa: E402
-from ttcompile.tables import align  # noqa: E402
-from ttcompile.verify import run_errors, run_split  # noqa: E402
+from ttcompile.planning.plan import make_plan  # noqa: E402
+from ttcompile.rewrite.pipeline import compress_in_memory, save_pair  # noqa: E402
+from ttcompile.rewrite.quant import precision_summary  # noqa: E402
+from ttcompile.rewrite.verify import run_errors, run_split  # noqa: E402
 
 FORMATS = ["svd", "tt", "tucker"]
 SETTINGS = {"full rank": {"rank": 4096, "force": True}, "ratio 0.5": {"ratio": 0.5}}

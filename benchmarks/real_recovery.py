@@ -42,11 +42,11 @@ from real_models import agreement, first_output  # noqa: E402
 from zoo import ZOO, ZooModel, sha256  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto  # noqa: E402
+from ttcompile.benchmark.tables import align  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
-from ttcompile.plan import Plan  # noqa: E402
-from ttcompile.plot import Pareto, Point, write_pareto  # noqa: E402
-from ttcompile.tables import align  # noqa: E402
-from ttcompile.verify import run_errors, run_split  # noqa: E402
+from ttcompile.planning.plan import Plan  # noqa: E402
+from ttcompile.rewrite.verify import run_errors, run_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("orientation", "ocr_cls", "ocr_rec", "ocr_det")

@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ttcompile import bench, cmd_bench
-from ttcompile.bench import benchmark
-from ttcompile.cli import COMMANDS
+from ttcompile.benchmark import bench
+from ttcompile.benchmark.bench import benchmark
+from ttcompile.benchmark.report import format_table, write_json
+from ttcompile.cli import COMMANDS, cmd_bench
 from ttcompile.errors import UserError
 from ttcompile.models.data import Dataset
-from ttcompile.report import format_table, write_json
 
 FAST = {"rounds": 2, "min_time": 0.0, "min_runs": 2, "progress": False}
 
@@ -112,7 +112,7 @@ def test_json_report_fields(models, tmp_path):
     out.parent.mkdir()  # outputs go into existing folders only
     write_json(benchmark([a, b], None, batches=(1, 2), **FAST), out)
     doc = json.loads(out.read_text())
-    assert doc["schema"] == "ttcompile.bench/1"
+    assert doc["schema"] == "ttcompile.benchmark.bench/1"
     meta = {"provider", "threads", "batches", "rounds", "min_time_s", "data", "samples", "onnxruntime"}
     assert meta <= set(doc)
     assert set(doc["models"][1]) == {
@@ -148,7 +148,7 @@ def test_cli_runs_and_writes_json(models, labelled, tmp_path, capsys):
     assert cmd_bench.run(args) == 0
     assert "a.onnx" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["models"][0]["accuracy"] == 1.0
-    assert COMMANDS["bench"][0] == "ttcompile.cmd_bench"
+    assert COMMANDS["bench"][0] == "ttcompile.cli.cmd_bench"
 
 
 def test_cli_rejects_bad_batch_list():
@@ -213,7 +213,7 @@ def test_cli_plot_writes_png(models, labelled, tmp_path):
 
 
 def test_plot_has_one_point_per_model_original_first(models, labelled):
-    from ttcompile.plot import bench_figure, bench_points
+    from ttcompile.benchmark.plot import bench_figure, bench_points
 
     a, b, _ = models
     report = benchmark([a, b, b], labelled, batches=(1, 4), **FAST)
@@ -230,7 +230,7 @@ def test_plot_has_one_point_per_model_original_first(models, labelled):
 
 
 def test_plot_without_labels_uses_agreement(models):
-    from ttcompile.plot import bench_points
+    from ttcompile.benchmark.plot import bench_points
 
     a, b, _ = models
     points, _, quality = bench_points(benchmark([a, b], None, batches=(2,), **FAST))

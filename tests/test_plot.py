@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ttcompile.benchmark.plot import Pareto, Point, pareto_figure, pareto_front, write_pareto, write_png
 from ttcompile.errors import UserError
-from ttcompile.plot import Pareto, Point, pareto_figure, pareto_front, write_pareto, write_png
 
 
 def test_front_keeps_only_undominated_points_sorted_by_x():
