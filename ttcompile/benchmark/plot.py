@@ -120,11 +120,14 @@ def bench_figure(report: BenchReport, batch: int | None = None) -> Figure:
                edgecolors="black", label="compressed", **kw)
     orig = ax.scatter([points[0].x], [points[0].y], c=latencies[:1], marker="*", s=260, edgecolors="red",
                       linewidths=1.5, label="original", **kw)
-    for p in points:
+    ax.annotate(points[0].label, (points[0].x, points[0].y), textcoords="offset points", xytext=(-10, 8),
+                ha="right", fontsize=7)  # the original is the largest file: its label goes left of the star
+    for p in points[1:]:
         ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(6, 4), fontsize=7)
     bar = fig.colorbar(orig, ax=ax)
     bar.set_label(f"latency at batch {batch} (ms, {report.provider}, {report.threads} thread(s))")
     _log_x(ax)
+    ax.margins(x=0.1, y=0.1)  # room for the labels
     ax.set_xlabel("model file size (KiB, log scale)")
     ax.set_ylabel(f"{quality} (%)")
     data = f"{report.data}, {report.samples} samples" if report.data else "random inputs"
