@@ -32,17 +32,19 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from ttcompile.allocators import Context, Search, search
+from ttcompile.analysis.features import load_calibration, predict
+from ttcompile.analysis.lwiq import analyze
 from ttcompile.atomic import write_bytes_atomic
-from ttcompile.budget import Budget, BudgetInfeasible
-from ttcompile.compress import apply_plan
-from ttcompile.features import load_calibration, predict
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
-from ttcompile.lwiq import analyze
 from ttcompile.models.data import Dataset, load_dataset
 from ttcompile.passes.base import get_format
-from ttcompile.plan import Plan, file_sha256
+from ttcompile.planning.allocators import Context, Search, search
+from ttcompile.planning.budget import Budget, BudgetInfeasible
+from ttcompile.planning.plan import Plan
+from ttcompile.rewrite.compress import apply_plan
+from ttcompile.sources import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"lenet5": "lenet5_mnist.onnx", "resnet20": "resnet20_mnist.onnx", "resnet56": "resnet56_mnist.onnx"}
@@ -104,6 +106,20 @@ def run_row(found: Search, fraction: float, test: Dataset, train: Dataset | None
         tuned, _ = finetune(student, to_proto(found.ctx.model), train, epochs=epochs, threads=1, progress=False)
         row |= {"after": evaluate(tuned, test), "finetune_s": round(time.perf_counter() - start, 1)}
     return row
+
+
+def pareto(result: dict) -> Pareto:
+    """Test accuracy (after fine-tuning when every row has it, else before) vs params kept, per allocator;
+    one front per model and format."""
+    stage = "after" if all("after" in r for r in result["rows"]) else "before"
+    points = [Point(100 * r["params_fraction"], 100 * r[stage], r["allocator"], f"{r['model']} {r['format']}")
+              for r in result["rows"]]
+    points += [Point(100.0, 100 * m["accuracy"], "original", f"{name} {fmt}", name)
+               for name, m in result["models"].items() for fmt in sorted({r["format"] for r in result["rows"]})]
+    ft = f"after {result['epochs']} epoch(s) of distillation" if stage == "after" else "before fine-tuning"
+    return Pareto(points, "compressible-layer params kept (% of the original)", f"MNIST test accuracy (%, {ft})",
+                  "Rank allocators: accuracy vs params", [", ".join(sorted(result["models"])) + "; one front per "
+                                                          "model and format"])
 
 
 def markdown(result: dict) -> str:
@@ -178,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         result["rows"] += [r for r in disk.get("rows", []) if tuple(r[k] for k in key) not in ours]
         write_bytes_atomic(path_json, (json.dumps(result, indent=1) + "\n").encode())
         write_bytes_atomic(out.with_suffix(".md"), markdown(result).encode())
+        write_pareto(out.with_suffix(".png"), pareto(result))
 
     for name in args.models.split(","):
         path = ROOT / "models" / MODELS[name]

@@ -26,11 +26,11 @@ import numpy as np
 import onnx
 from lenet5_mnist import MODEL, RESULTS, invocation, test_accuracy, uniform_plan
 
-from ttcompile.compress import apply_plan
-from ttcompile.counting import count_params
+from ttcompile.benchmark.tables import align
 from ttcompile.graph import load_model, to_proto
 from ttcompile.models.data import load_dataset
-from ttcompile.tables import align
+from ttcompile.rewrite.compress import apply_plan
+from ttcompile.rewrite.counting import count_params
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 VERSIONS = ("import importlib.metadata as m\nfor p in ('torch', 'onnxruntime', 'onnxruntime-training-cpu', 'onnx'):\n"

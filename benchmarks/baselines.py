@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from ttcompile.atomic import atomic_path
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
 from ttcompile.models.data import load_dataset
 from ttcompile.runtime import make_session
 
@@ -70,6 +71,13 @@ def evaluate(path: Path) -> dict:
     }
 
 
+def pareto(results: dict[str, dict]) -> Pareto:
+    """Test accuracy vs params of the committed models, one front across them."""
+    points = [Point(r["params"], 100 * r["test_acc"], name, label=name) for name, r in results.items()]
+    return Pareto(points, "params (whole network)", "MNIST test accuracy (%, ONNX Runtime)",
+                  "Baselines: committed MNIST models")
+
+
 def markdown(results: dict[str, dict]) -> str:
     lines = ["| model | params | layer params | MNIST test acc (ORT CPU, 10k) | file | train time | command |",
              "|---|---:|---:|---:|---:|---:|---|"]
@@ -89,6 +97,7 @@ def main() -> int:
     with atomic_path(RESULTS / "baselines.md") as tmp:
         tmp.write_text("# Baselines: committed MNIST models\n\n"
                        "Produced by `python benchmarks/baselines.py`.\n\n" + table)
+    write_pareto(RESULTS / "baselines.png", pareto(results))
     return 0
 
 

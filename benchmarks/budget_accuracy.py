@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from ttcompile.allocators import Context, allocate
-from ttcompile.budget import Budget, BudgetInfeasible
+from ttcompile.analysis.lwiq import Analysis, analyze
 from ttcompile.graph import load_model
 from ttcompile.layers import find_layers
-from ttcompile.lwiq import Analysis, analyze
 from ttcompile.passes.base import FORMATS, get_format
-from ttcompile.plan import file_sha256
+from ttcompile.planning.allocators import Context, allocate
+from ttcompile.planning.budget import Budget, BudgetInfeasible
+from ttcompile.sources import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("lenet5_mnist.onnx", "lenet300_mnist.onnx", "resnet20_mnist.onnx")

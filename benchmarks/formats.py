@@ -7,7 +7,7 @@ fits r x the layer's params; layers where the format cannot save parameters (or 
 stay dense and are listed. Reported: whole-network params of the written ONNX file, mean relative
 reconstruction error ``||W - W_hat|| / ||W||`` over the compressed layers (``apply_plan``), ONNX Runtime
 top-1 accuracy on the MNIST test set (10k) with the decomposed weights as they are (no fine-tuning),
-ONNX Runtime CPU latency at batch 1 and 32 with 1 thread (``ttcompile.bench.benchmark``, every
+ONNX Runtime CPU latency at batch 1 and 32 with 1 thread (``ttcompile.benchmark.bench.benchmark``, every
 compressed model of one ratio interleaved with the original, whose latency the speedups divide), and
 compression wall time (planning + decomposition + rewrite + check + save).
 
@@ -35,17 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ttcompile.auto_format import make_auto_plan
-from ttcompile.bench import benchmark
-from ttcompile.cmd_compress import compress_in_memory, save_pair
-from ttcompile.counting import count_params
+from ttcompile.benchmark.bench import benchmark
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
+from ttcompile.benchmark.tables import align
 from ttcompile.errors import UserError
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
 from ttcompile.models.data import Dataset, load_dataset
 from ttcompile.passes import get_format
-from ttcompile.plan import Plan, make_plan, ranks_for_ratio
-from ttcompile.tables import align
+from ttcompile.planning.auto_format import make_auto_plan
+from ttcompile.planning.plan import Plan, make_plan, ranks_for_ratio
+from ttcompile.rewrite.counting import count_params
+from ttcompile.rewrite.pipeline import compress_in_memory, save_pair
 
 MODELS = {"lenet5": Path("models/lenet5_mnist.onnx"), "resnet20": Path("models/resnet20_mnist.onnx")}
 STT_T = 2
@@ -206,13 +207,32 @@ def markdown(result: dict) -> str:
         "on a shared 2-core machine "
         "(other jobs running); (x) = speedup over the original measured in the same interleaved run. "
         "`params` counts the whole network; `P x` = original / compressed. `left dense`: layers the format "
-        "kept dense (reasons in formats.json). auto = per layer the lowest-error format (ttcompile.auto_format).",
+        "kept dense (reasons in formats.json). auto = per layer the lowest-error format "
+        "(ttcompile.planning.auto_format).",
         "", *align(headers, table), "",
         *([f"Not run: {', '.join(result['missing'])}", ""] if result.get("missing") else []),
         f"CP decomposition of a random 256x256x3x3 kernel at 1/10 of its params (rank {cp['ranks'][0]}): "
         f"{cp['seconds']:.1f} s (1 thread, loaded machine).", "",
         "## STT/STR vs TT/TR at equal parameter ratio", "",
         *notes, "", ANSWER, ""])
+
+
+def pareto(result: dict) -> Pareto:
+    """Test accuracy (no fine-tuning) vs whole-network params per format; one front per model."""
+    points = []
+    for name, entry in result["models"].items():
+        accuracy = next(iter(entry["original"].values()))["accuracy"]
+        points.append(Point(entry["params"], 100 * accuracy, "original", name, name))
+        points += [Point(r["params"], 100 * r["accuracy"], r["format"], name) for r in entry["rows"]
+                   if "accuracy" in r and "params" in r]
+    return Pareto(points, "params (whole network)", "MNIST test accuracy (%, no fine-tuning)",
+                  "Formats at the same params ratios", [", ".join(result["models"]) + "; one front per model"])
+
+
+def write_results(result: dict) -> None:
+    """formats.md and formats.png from ``result`` (the contents of formats.json)."""
+    (RESULTS / "formats.md").write_text(markdown(result))
+    write_pareto(RESULTS / "formats.png", pareto(result))
 
 
 def main() -> int:
@@ -223,10 +243,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.1, help="seconds timed per batch size and round")
     p.add_argument("--samples", type=int, default=10000, help="test samples for accuracy (default all 10k)")
-    p.add_argument("--render", action="store_true", help="only rewrite formats.md from formats.json")
+    p.add_argument("--render", action="store_true", help="only rewrite formats.md and .png from formats.json")
     args = p.parse_args()
     if args.render:
-        (RESULTS / "formats.md").write_text(markdown(json.loads((RESULTS / "formats.json").read_text())))
+        write_results(json.loads((RESULTS / "formats.json").read_text()))
         return 0
     args.batches = [int(b) for b in args.batches.split(",")]
     test = load_dataset("mnist:test")
@@ -261,7 +281,7 @@ def main() -> int:
             result["models"][name] = entry
             result["missing"] = [m for m in MODELS if m not in result["models"]]
             json_path.write_text(json.dumps(result, indent=1) + "\n")
-            (RESULTS / "formats.md").write_text(markdown(result))
+            write_results(result)
     return 0
 
 

@@ -32,8 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ttcompile.latency import cpu_model
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
 from ttcompile.models.mnist import cache_dir
+from ttcompile.planning.latency import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -153,6 +154,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pareto(result: dict) -> Pareto:
+    """Test accuracy (no fine-tuning) vs whole-network params per budget kind; one front per model and batch."""
+    points = []
+    for case in result["cases"]:
+        group = f"{case['model']} batch {case['batch']}"
+        points.append(Point(case["original"]["params"], 100 * case["original"]["accuracy"], "original", group,
+                            case["model"]))
+        points += [Point(r["params"], 100 * r["accuracy"], f"{kind} budget", group) for kind, r in case["rows"].items()
+                   if "params" in r and "accuracy" in r]
+    return Pareto(points, "params (whole network)", "MNIST test accuracy (%, no fine-tuning)",
+                  f"Latency vs MAC vs params budgets ({result['format']}, {result['allocator']})",
+                  ["one front per model and latency batch size"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet5,resnet20")
@@ -180,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                       "median of the runs (each run's value in brackets). Additive model / original: T_model - sum D_l "
                       "(1 - c_l/d_l) over T_model (layers timed alone). Predicted / original: the solver's final "
                       "prediction, the whole compressed model timed against the original at compress time (closed "
-                      "loop, `ttcompile.latency_loop`; rewrites timed in brackets). "
+                      "loop, `ttcompile.planning.latency_loop`; rewrites timed in brackets). "
                       "Accuracy: MNIST test (10k) in ONNX Runtime, before any fine-tuning.")
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / f"{args.out}.json"
@@ -196,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({k: v for k, v in case.items() if k != "checks"}, indent=1), flush=True)
                 (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1))
                 (RESULTS / f"{args.out}.md").write_text(markdown(result))
+                write_pareto(RESULTS / f"{args.out}.png", pareto(result))
     print(markdown(result))
     return 0
 

@@ -29,14 +29,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ttcompile.counting import count_params
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto
+from ttcompile.benchmark.tables import align
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.models.data import load_dataset
-from ttcompile.plan import Plan, file_sha256, make_plan
-from ttcompile.rank_select import Settings, compress_and_train
+from ttcompile.planning.plan import Plan, make_plan
+from ttcompile.rewrite.counting import count_params
 from ttcompile.runtime import make_session
-from ttcompile.tables import align
+from ttcompile.sources import file_sha256
+from ttcompile.train.rank_select import compress_and_train
+from ttcompile.train.settings import TrainSettings as Settings
 
 MODEL = Path("models/lenet5_mnist.onnx")
 CALIB = Path("models/mnist_calib.npz")  # 1,000 MNIST validation images
@@ -77,15 +80,12 @@ class Bench:
 
     def lwiq_plan(self, params: int) -> Plan:
         """LWIQ plan whose whole model has ``params`` parameters (the budget counts the layers only)."""
-        from ttcompile.allocators import plan_from_args
+        import ttcompile
 
         layers = find_layers(self.ir_model)
         budget = params - (self.base - sum(lay.params for lay in layers))
-        ns = argparse.Namespace(model=str(MODEL), format="tr", budget=f"params={budget}", allocator="lwiq",
-                                analysis=None, calib=str(CALIB), calib_batch=256, rank=None, ratio=None,
-                                force=False, allow_more_macs=True, quiet=True, lwiq_weights="flat",
-                                pseudo_classes=10, input_shape=None)
-        return plan_from_args(ns, self.ir_model, layers, None)
+        return ttcompile.plan(MODEL, format="tr", budget={"params": budget}, allocator="lwiq", calib=CALIB,
+                              allow_more_macs=True)
 
     def run(self, key: str, method: str, plan: Plan, settings: Settings) -> None:
         began = time.perf_counter()
@@ -114,9 +114,10 @@ class Bench:
 
     def save(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        self.json_path.write_text(json.dumps({"model": str(MODEL), "model_sha256": self.sha, "base_params": self.base,
-                                              "rows": self.rows}, indent=1) + "\n")
+        doc = {"model": str(MODEL), "model_sha256": self.sha, "base_params": self.base, "rows": self.rows}
+        self.json_path.write_text(json.dumps(doc, indent=1) + "\n")
         (RESULTS / "lenet5_mnist.md").write_text(self.markdown())
+        write_pareto(RESULTS / "lenet5_mnist.png", pareto(doc))
 
     def markdown(self) -> str:
         headers = ["method", "test acc (%)", "params (whole net)", "compression", "epochs", "wall (s)"]
@@ -137,7 +138,7 @@ class Bench:
             "2-3, and Cao's per-bond mean penalty pushes each gate of such a bond about 24× harder than a gate of a "
             "rank-25 bond: those bonds drop to rank 1 (row 'per-bond mean', 84 %). The layer-normalised penalty "
             "(1/(R-1) per gate, identical to Cao's when all bonds have one size) avoids that. The LWIQ rows use "
-            "the measured-sensitivity allocator (ttcompile.sensitivity) and as many epochs as the ℓ0 row at "
+            "the measured-sensitivity allocator (ttcompile.analysis.sensitivity) and as many epochs as the ℓ0 row at "
             "their budget.", "",
             "Paper rows (Cao et al., IJCAI 2024, mean of 5 runs, 150 epochs from random init):", "",
             *align(headers, paper), "",
@@ -149,6 +150,13 @@ class Bench:
 
 def invocation() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def pareto(doc: dict) -> Pareto:
+    """Test accuracy vs whole-network params of our rows (the trained baseline and its compressions)."""
+    points = [Point(r["params"], 100 * r["test_acc"], "original" if key == "baseline" else "compressed", label=key)
+              for key, r in doc["rows"].items()]
+    return Pareto(points, "params (whole network)", "MNIST test accuracy (%)", "LeNet-5 on MNIST: TR, ℓ0 and LWIQ rows")
 
 
 def main() -> int:

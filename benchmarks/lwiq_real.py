@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
 
+from ttcompile.analysis.lwiq import analyze  # noqa: E402
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
-from ttcompile.lwiq import analyze  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"ocr_det": 320}  # the detector is fully convolutional: smaller pages keep the run short

@@ -8,7 +8,7 @@ images, labels dropped, saved as an x-only .npz), then four models, each evaluat
 (``mnist:test``) in ONNX Runtime:
 
 * ``weight``: cores from the weights (truncated SVD / TT-SVD / ...), no data (today's default);
-* ``data``: data-aware init on C (``ttcompile.calibrated``: whitened closed form + L-BFGS);
+* ``data``: data-aware init on C (``ttcompile.analysis.calibrated``: whitened closed form + L-BFGS);
 * ``data+layer``: plus sequential layer-wise recovery on C;
 * ``data+layer+model``: plus knowledge distillation on C (teacher logits as the only targets).
 
@@ -33,14 +33,14 @@ import numpy as np  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 import torch  # noqa: E402
 
-from ttcompile.calibrated import Settings, calibration_inputs, distil  # noqa: E402
-from ttcompile.cli import build_parser  # noqa: E402
-from ttcompile.cli_options import build_plan  # noqa: E402
-from ttcompile.features import model_input, predict  # noqa: E402
-from ttcompile.graph import to_proto  # noqa: E402
+import ttcompile  # noqa: E402
+from ttcompile.analysis.calibrated import Settings, calibration_inputs, distil  # noqa: E402
+from ttcompile.analysis.features import model_input, predict  # noqa: E402
+from ttcompile.analysis.moments import accumulate  # noqa: E402
+from ttcompile.analysis.recovery import compressed_model, initial_states, recover  # noqa: E402
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto  # noqa: E402
+from ttcompile.graph import load_model, to_proto  # noqa: E402
 from ttcompile.models.data import load_dataset  # noqa: E402
-from ttcompile.moments import accumulate  # noqa: E402
-from ttcompile.recovery import compressed_model, initial_states, recover  # noqa: E402
 from ttcompile.runtime import make_session  # noqa: E402, F401  (ORT thread settings live there)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,11 +60,9 @@ def find_model(name: str) -> Path | None:
 
 
 def plan_for(model_path: Path, budget: float, args, calib_npz: Path):
-    argv = ["compress", str(model_path), "-o", "unused.onnx", "--format", args.format, "--budget",
-            f"params={budget}", "--allocator", args.allocator, "--calib", str(calib_npz), "--quiet"]
-    if not args.mac_rule:
-        argv.append("--allow-more-macs")
-    return build_plan(build_parser().parse_args(argv))
+    plan = ttcompile.plan(model_path, format=args.format, budget={"params": budget}, allocator=args.allocator,
+                          calib=calib_npz, allow_more_macs=not args.mac_rule)
+    return load_model(model_path), plan
 
 
 def accuracy(proto, x: np.ndarray, y: np.ndarray) -> float:
@@ -135,11 +133,21 @@ def markdown(rows: list[dict], skipped: list[str], commands: list[dict], notes: 
     return "\n".join(lines) + "\n"
 
 
+def pareto(doc: dict) -> Pareto:
+    """Test accuracy vs params kept per format, allocator and stage (no fine-tuning); one front per model."""
+    points = [Point(100 / r["achieved_cr"], 100 * r["accuracy"], f"{r['format']} {r['allocator']} {r['variant']}",
+                    r["model"]) for r in doc["rows"] if r.get("accuracy") is not None and r.get("achieved_cr")]
+    return Pareto(points, "compressible-layer params kept (% of the original)", "MNIST test accuracy (%)",
+                  "Post-training compression: weight / data / layer / model stages",
+                  [", ".join(dict.fromkeys(r["model"] for r in doc["rows"])) + "; one front per model"])
+
+
 def write(out: Path, rows: list[dict], skipped: list[str], commands: list[dict], notes: list[str] = ()) -> None:
     """Both result files; ``notes`` (measured elsewhere, with their commands) are kept across runs."""
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "skipped": skipped, "commands": commands,
-                                                    "notes": list(notes)}, indent=1) + "\n")
+    doc = {"rows": rows, "skipped": skipped, "commands": commands, "notes": list(notes)}
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, skipped, commands, notes))
+    write_pareto(out.with_suffix(".png"), pareto(doc))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,13 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import ZOO, ZooModel, ctc_decode  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
-from ttcompile.cmd_compress import compress_in_memory, save_pair  # noqa: E402
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto  # noqa: E402
+from ttcompile.benchmark.tables import align, count  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
 from ttcompile.graph import load_model  # noqa: E402
 from ttcompile.layers import find_layers  # noqa: E402
-from ttcompile.plan import make_plan  # noqa: E402
-from ttcompile.tables import align, count  # noqa: E402
-from ttcompile.verify import run_errors, run_split  # noqa: E402
+from ttcompile.planning.plan import make_plan  # noqa: E402
+from ttcompile.rewrite.pipeline import compress_in_memory, save_pair  # noqa: E402
+from ttcompile.rewrite.verify import run_errors, run_split  # noqa: E402
 
 FORMATS = ["tt", "tr", "tucker", "cp", "svd", "stt", "str", "sttu"]
 SAMPLES = {"ocr_rec": 32, "ocr_cls": 64, "ocr_det": 3, "orientation": 32, "vad": 200, "vad_op15": 200}
@@ -118,6 +119,17 @@ HEADERS = ["model", "format", "setting", "layers", "compressed", "skipped", "den
            "agree", "s"]
 
 
+def pareto(doc: dict) -> Pareto:
+    """Agreement with the original vs params after (% of before) per format; one front per model. The
+    ``full rank`` rows (a check of the rewrite, more params than dense) are left out."""
+    points = [Point(100 * r["params_after"] / r["params_before"], 100 * r["agreement"], r["format"], r["model"])
+              for r in doc["rows"]
+              if r.get("agreement") is not None and r.get("params_before") and r["setting"] != "full rank"]
+    return Pareto(points, "params after compression (% of the original)",
+                  "agreement with the original (%, top-1 or per model metric)", "Real models, no fine-tuning",
+                  [", ".join(dict.fromkeys(r["model"] for r in doc["rows"])) + "; one front per model"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(ZOO))
@@ -145,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
           *[f"- rewrite failed, {r['model']} {r['format']}: {f}" for r in rows for f in r["rewrite_failed"]], ""]
     RESULTS.mkdir(exist_ok=True)
     write_bytes_atomic(RESULTS / "real_models.md", "\n".join(md).encode())
-    write_bytes_atomic(RESULTS / "real_models.json", (json.dumps(
-        {"command": command, "wall_seconds": round(wall, 1), "ratio": args.ratio, "rows": rows}, indent=1) + "\n"
-    ).encode())
+    doc = {"command": command, "wall_seconds": round(wall, 1), "ratio": args.ratio, "rows": rows}
+    write_pareto(RESULTS / "real_models.png", pareto(doc))
+    write_bytes_atomic(RESULTS / "real_models.json", (json.dumps(doc, indent=1) + "\n").encode())
     print("\n".join(md))
     return 0
 

@@ -42,10 +42,11 @@ from real_models import agreement, first_output  # noqa: E402
 from zoo import ZOO, ZooModel, sha256  # noqa: E402
 
 from ttcompile.atomic import write_bytes_atomic  # noqa: E402
+from ttcompile.benchmark.plot import Pareto, Point, write_pareto  # noqa: E402
+from ttcompile.benchmark.tables import align  # noqa: E402
 from ttcompile.feeds import split_feeds  # noqa: E402
-from ttcompile.plan import Plan  # noqa: E402
-from ttcompile.tables import align  # noqa: E402
-from ttcompile.verify import run_errors, run_split  # noqa: E402
+from ttcompile.planning.plan import Plan  # noqa: E402
+from ttcompile.rewrite.verify import run_errors, run_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("orientation", "ocr_cls", "ocr_rec", "ocr_det")
@@ -145,6 +146,17 @@ def markdown(rows: list[dict], command: str) -> str:
         *align(HEADERS, [_row(r) for r in rows]), "```", "", *failed, ""])
 
 
+def pareto(doc: dict) -> Pareto:
+    """Agreement with the original vs params after (% of before) per format, init and recovery; one front per
+    model."""
+    points = [Point(100 * r["params_after"] / r["params_before"], 100 * r["agreement"],
+                    f"{r['format']} init={r['init']} recover={r['recover']}", r["model"])
+              for r in doc["rows"] if r.get("agreement") is not None and r.get("params_after")]
+    return Pareto(points, "params after compression (% of the original)", "agreement with the original (%)",
+                  "Real models: data-aware init and layer-wise recovery",
+                  [", ".join(dict.fromkeys(r["model"] for r in doc["rows"])) + "; one front per model"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
@@ -165,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         rows = list(done.values())
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(store, (json.dumps({"command": command, "rows": rows}, indent=1) + "\n").encode())
+        doc = {"command": command, "rows": rows}
+        write_bytes_atomic(store, (json.dumps(doc, indent=1) + "\n").encode())
         write_bytes_atomic(out.with_suffix(".md"), markdown(rows, command).encode())
+        write_pareto(out.with_suffix(".png"), pareto(doc))
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for name in args.models.split(","):

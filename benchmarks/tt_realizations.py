@@ -2,7 +2,7 @@
 
 For a 1024x1024 Gemm and a 256->256 3x3 Conv (14x14 input) at a few TT ranks, compress the
 one-layer model with the realization the cost model picks, then time dense vs TT with
-``ttcompile.bench`` (one session alive at a time, interleaved rounds, medians), 1 thread,
+``ttcompile.benchmark.bench`` (one session alive at a time, interleaved rounds, medians), 1 thread,
 batch 1 and 32. "eff" = measured speedup / MAC reduction (1.0 = the chain runs as fast as its
 MAC count promises).
 
@@ -22,13 +22,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ttcompile.bench import benchmark
-from ttcompile.compress import apply_plan
+from ttcompile.benchmark.bench import benchmark
+from ttcompile.benchmark.tables import align
 from ttcompile.graph import load_model, save_model
 from ttcompile.layers import find_layers
 from ttcompile.passes import get_format
-from ttcompile.plan import Plan, layer_plan
-from ttcompile.tables import align
+from ttcompile.planning.plan import Plan, layer_plan
+from ttcompile.rewrite.compress import apply_plan
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -134,6 +134,11 @@ def load_digits(split: str = "test") -> Dataset:
 LOADERS = {"mnist": load_mnist, "digits": load_digits}
 
 
+def dataset(spec: str | Dataset) -> Dataset:
+    """``spec`` loaded (``load_dataset``), or the Dataset itself."""
+    return spec if isinstance(spec, Dataset) else load_dataset(spec)
+
+
 def load_dataset(spec: str, *, image_shape: tuple[int, ...] | None = None) -> Dataset:
     """Load ``spec`` (an .npz path, or ``name[:split]``, see the module docstring).
 

@@ -12,7 +12,7 @@ Rewrite (standard ONNX ops only):
   Reshape is needed (a 2-D GEMM per step in ONNX Runtime).
 * Conv: ``Conv(x, V)`` with the original kernel/stride/pads/dilations/auto_pad (C -> r), then a
   1x1 ``Conv(., U)`` (r -> O).
-* The bias is added by the last node (see ``ttcompile.compress``).
+* The bias is added by the last node (see ``ttcompile.rewrite.compress``).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ input cores form a TT-matrix ``(a c) x N`` with out-modes ``(a, 1, .., 1, c)``, 
   ``Reshape [-1, O, 1, 0..]`` + ``Squeeze``. A side of one (or merged) core needs no depth view:
   input ``Conv1x1 C -> a s`` + ``Reshape [-1, s, 0..]``, output ``Reshape [-1, a t, 0..]`` +
   ``Conv1x1 a t -> O``. The input side may also be absorbed into the spatial Conv (``C -> a t``).
-* The bias is added by the last node (see ``ttcompile.compress``).
+* The bias is added by the last node (see ``ttcompile.rewrite.compress``).
 
 Initialisation, TR-SVD: start at core ``s0 = tr_start(dims)`` (core 0 or d-1, both next to the
 closing bond; the one with the larger ``min(n_k, N / n_k)``); SVD of the ``(n_s0, rest)`` unfolding
@@ -57,7 +57,6 @@ import numpy as np
 import onnx_ir as ir
 import tensorly as tl
 
-from ttcompile.factorize import default_order, factorize
 from ttcompile.layers import Layer
 from ttcompile.passes.base import (
     ChainBuilder,
@@ -69,6 +68,7 @@ from ttcompile.passes.base import (
     spatial_conv_attrs,
 )
 from ttcompile.passes.tt import _emit_fc, _fc_chain_macs, _fc_groups, cheapest_option, tt_caps, tt_svd
+from ttcompile.rewrite.factorize import default_order, factorize
 
 Shape = tuple[int, ...]
 

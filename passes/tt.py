@@ -21,7 +21,7 @@ Rewrite (standard ONNX ops only, no Einsum, no Transpose on the activations):
   ``Conv`` with the original kernel/stride/pads/dilations/auto_pad (s_q -> t_0), then
   ``Conv1x1 -> Reshape(., [-1, t_j, 0, 0])`` per output core, ``Reshape(., [-1, O, 0, 0])``.
   Either side may be merged into one 1x1 Conv or absorbed into the spatial Conv.
-* The bias is added by the last node (see ``ttcompile.compress``).
+* The bias is added by the last node (see ``ttcompile.rewrite.compress``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import numpy as np
 import onnx_ir as ir
 import tensorly as tl
 
-from ttcompile.factorize import default_order, factorize
 from ttcompile.layers import Layer
 from ttcompile.passes.base import (
     ChainBuilder,
@@ -44,6 +43,7 @@ from ttcompile.passes.base import (
     spatial,
     spatial_conv_attrs,
 )
+from ttcompile.rewrite.factorize import default_order, factorize
 
 # A merged realization may store at most this many times the parameters of the plain chain.
 MERGE_PARAM_SLACK = 1.5

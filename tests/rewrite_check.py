@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ttcompile.compress import apply_plan
-from ttcompile.counting import count_params, total_macs
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.passes import get_format
-from ttcompile.plan import Plan, layer_plan
-from ttcompile.verify import check_model, random_inputs, relative_errors
+from ttcompile.planning.plan import Plan, layer_plan
+from ttcompile.rewrite.compress import apply_plan
+from ttcompile.rewrite.counting import count_params, total_macs
+from ttcompile.rewrite.verify import check_model, random_inputs, relative_errors
 
 
 def compress_one(tmp: Path, proto: onnx.ModelProto, fmt_name: str, rank: int, options: dict | None = None,

@@ -9,11 +9,12 @@ import pytest
 
 from ttcompile.layers import find_layers
 from ttcompile.models.data import Dataset
-from ttcompile.plan import make_plan
-from ttcompile.rank_select import Settings, compress_and_train
+from ttcompile.planning.plan import make_plan
 from ttcompile.train.admm import ADMM, project
 from ttcompile.train.executor import OnnxModule
 from ttcompile.train.finetune import finetune
+from ttcompile.train.rank_select import compress_and_train
+from ttcompile.train.settings import TrainSettings as Settings
 
 from graphs import mlp_model
 from train_helpers import run_ort

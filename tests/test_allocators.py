@@ -7,16 +7,16 @@ import json
 import lwiq_data
 import pytest
 
-from ttcompile.allocators import ALLOCATORS, Context, allocate
-from ttcompile.budget import Budget
+from ttcompile.analysis.features import load_calibration
+from ttcompile.analysis.lwiq import analyze
 from ttcompile.cli import main
 from ttcompile.errors import UserError
-from ttcompile.features import load_calibration
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
-from ttcompile.lwiq import analyze
 from ttcompile.passes.base import get_format
-from ttcompile.plan import file_sha256
+from ttcompile.planning.allocators import ALLOCATORS, Context, allocate
+from ttcompile.planning.budget import Budget
+from ttcompile.sources import file_sha256
 
 
 @pytest.fixture(scope="module")

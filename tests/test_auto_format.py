@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 
-from ttcompile.auto_format import ALIGN, choose_format, largest_fitting_ranks, make_auto_plan
-from ttcompile.compress import apply_plan
 from ttcompile.errors import UserError
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import Layer, find_layers
 from ttcompile.passes import get_format
-from ttcompile.verify import random_inputs, relative_errors
+from ttcompile.planning.auto_format import ALIGN, choose_format, largest_fitting_ranks, make_auto_plan
+from ttcompile.rewrite.compress import apply_plan
+from ttcompile.rewrite.verify import random_inputs, relative_errors
 
 from graphs import conv_model, mlp_model
 

@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ttcompile import bench, cmd_bench
-from ttcompile.bench import benchmark
-from ttcompile.cli import COMMANDS
+from ttcompile.benchmark import bench
+from ttcompile.benchmark.bench import benchmark
+from ttcompile.benchmark.report import format_table, write_json
+from ttcompile.cli import COMMANDS, cmd_bench
 from ttcompile.errors import UserError
 from ttcompile.models.data import Dataset
-from ttcompile.report import format_table, write_json
 
 FAST = {"rounds": 2, "min_time": 0.0, "min_runs": 2, "progress": False}
 
@@ -112,7 +112,7 @@ def test_json_report_fields(models, tmp_path):
     out.parent.mkdir()  # outputs go into existing folders only
     write_json(benchmark([a, b], None, batches=(1, 2), **FAST), out)
     doc = json.loads(out.read_text())
-    assert doc["schema"] == "ttcompile.bench/1"
+    assert doc["schema"] == "ttcompile.benchmark.bench/1"
     meta = {"provider", "threads", "batches", "rounds", "min_time_s", "data", "samples", "onnxruntime"}
     assert meta <= set(doc)
     assert set(doc["models"][1]) == {
@@ -148,7 +148,7 @@ def test_cli_runs_and_writes_json(models, labelled, tmp_path, capsys):
     assert cmd_bench.run(args) == 0
     assert "a.onnx" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["models"][0]["accuracy"] == 1.0
-    assert COMMANDS["bench"][0] == "ttcompile.cmd_bench"
+    assert COMMANDS["bench"][0] == "ttcompile.cli.cmd_bench"
 
 
 def test_cli_rejects_bad_batch_list():
@@ -194,3 +194,56 @@ def test_data_of_wrong_size_refused(models):
     bad = Dataset(x=np.zeros((4, 15), np.float32), y=None, name="bad")
     with pytest.raises(UserError, match=r"samples of shape \(16,\).*\(15,\)"):
         benchmark([models[0]], bad, **FAST)
+
+
+def _bench_args(*argv):
+    parser = argparse.ArgumentParser()
+    cmd_bench.add_arguments(parser)
+    return parser.parse_args([*map(str, argv), "--batch", "1,4", "--repeats", "1", "--min-time", "0"])
+
+
+def test_cli_plot_writes_png(models, labelled, tmp_path):
+    a, b, _ = models
+    np.savez(tmp_path / "d.npz", x=labelled.x, y=labelled.y)
+    out = tmp_path / "plot.png"
+    assert cmd_bench.run(_bench_args(a, b, "--data", tmp_path / "d.npz", "--plot", out)) == 0
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx", "d.npz", "plot.png"]  # no temp left
+
+
+def test_plot_has_one_point_per_model_original_first(models, labelled):
+    from ttcompile.benchmark.plot import bench_figure, bench_points
+
+    a, b, _ = models
+    report = benchmark([a, b, b], labelled, batches=(1, 4), **FAST)
+    points, latencies, quality = bench_points(report, batch=4)
+    assert quality == "accuracy" and [p.series for p in points] == ["original", "compressed", "compressed"]
+    assert points[0].y == 100.0 and points[0].x == pytest.approx(a.stat().st_size / 1024)
+    assert latencies == [report.timing(i, 4).latency_ms for i in range(3)]
+    fig = bench_figure(report)
+    offsets = [len(c.get_offsets()) for c in fig.axes[0].collections]
+    assert offsets == [2, 1]  # compressed points, then the original's star
+    assert "latency at batch 1" in fig.axes[1].get_ylabel()  # the colorbar
+    with pytest.raises(UserError, match="batch 8 was not benchmarked"):
+        bench_points(report, batch=8)
+
+
+def test_plot_without_labels_uses_agreement(models):
+    from ttcompile.benchmark.plot import bench_points
+
+    a, b, _ = models
+    points, _, quality = bench_points(benchmark([a, b], None, batches=(2,), **FAST))
+    assert quality.startswith("top-1 agreement") and points[0].y == 100.0
+
+
+@pytest.mark.parametrize("target", ["a", "d", "json"])
+def test_cli_refuses_plot_path_of_an_input_or_other_output(models, labelled, tmp_path, target):
+    a, b, _ = models
+    np.savez(tmp_path / "d.npz", x=labelled.x, y=labelled.y)
+    plot = {"a": a, "d": tmp_path / "d.npz", "json": tmp_path / "r.json"}[target]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    args = _bench_args(a, b, "--data", tmp_path / "d.npz", "--json", tmp_path / "r.json", "--plot", plot)
+    with pytest.raises(UserError, match="--plot"):
+        cmd_bench.run(args)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -7,15 +7,15 @@ import time
 import lwiq_data
 import pytest
 
-from ttcompile.allocators import Context, allocate
-from ttcompile.budget import Budget, BudgetInfeasible, Planner, parse_budget, scaled_ranks
+from ttcompile.analysis.lwiq import INPUT, Analysis, LayerScore, analyze
+from ttcompile.analysis.sensitivity import Curve, Point, candidate_ranks
 from ttcompile.errors import UserError
 from ttcompile.graph import load_model
 from ttcompile.layers import find_layers
-from ttcompile.lwiq import INPUT, Analysis, LayerScore, analyze
 from ttcompile.passes.base import get_format
-from ttcompile.plan import file_sha256
-from ttcompile.sensitivity import Curve, Point, candidate_ranks
+from ttcompile.planning.allocators import Context, allocate
+from ttcompile.planning.budget import Budget, BudgetInfeasible, Planner, parse_budget, scaled_ranks
+from ttcompile.sources import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_rebudget_from_json_equals_fresh_and_is_fast(tmp_path, monkeypatch):
     def no_model_run(*args, **kwargs):
         raise AssertionError("re-budgeting must not run the model")
 
-    monkeypatch.setattr("ttcompile.features.make_session", no_model_run)
+    monkeypatch.setattr("ttcompile.analysis.features.make_session", no_model_run)
     start = time.perf_counter()
     loaded = Analysis.load(tmp_path / "analysis.json")
     again = plan_with(loaded)
@@ -208,9 +208,9 @@ def test_lenet5_budget_within_three_percent_and_rebudget_equals_fresh(tmp_path, 
 
 def test_budget_snaps_semi_tensor_ranks_to_multiples_of_t(tmp_path):
     """Ranks scaled from the caps are snapped to the format's valid ranks (multiples of t for STT)."""
-    from ttcompile.budget import Planner
     from ttcompile.layers import Layer
     from ttcompile.passes import get_format
+    from ttcompile.planning.budget import Planner
 
     fmt = get_format("stt")
     layer = Layer("fc", "gemm", "Gemm", "w", (64, 64), 64, 64, params=4096, macs=4096,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ttcompile.counting import count_macs, count_params, total_macs
 from ttcompile.errors import UserError
+from ttcompile.rewrite.counting import count_macs, count_params, total_macs
 
 F = TensorProto.FLOAT
 

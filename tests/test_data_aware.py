@@ -8,14 +8,14 @@ import onnx_ir as ir
 import pytest
 
 from tests.graphs import conv_model, gemm_model, matmul_model
-from ttcompile import moments as moments_mod
-from ttcompile.features import model_input
+from ttcompile.analysis import moments as moments_mod
+from ttcompile.analysis.features import model_input
+from ttcompile.analysis.moments import accumulate, layer_rows, patches
+from ttcompile.analysis.recovery import compressed_model, initial_states
 from ttcompile.layers import find_layers
-from ttcompile.moments import accumulate, layer_rows, patches
 from ttcompile.passes.base import get_format
-from ttcompile.plan import make_plan
-from ttcompile.recovery import compressed_model, initial_states
-from ttcompile.verify import run
+from ttcompile.planning.plan import make_plan
+from ttcompile.rewrite.verify import run
 
 FORMATS = ["svd", "tucker", "cp", "tt", "tr", "stt", "str", "sttu"]
 

@@ -12,15 +12,15 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from ttcompile.allocators import Context, search
-from ttcompile.auto_format import relative_error
-from ttcompile.budget import Budget
 from ttcompile.cli import main
-from ttcompile.datafree import Objective, layer_model
 from ttcompile.graph import load_model
 from ttcompile.layers import dense_weight, find_layers
 from ttcompile.passes.base import get_format
-from ttcompile.plan import file_sha256
+from ttcompile.planning.allocators import Context, search
+from ttcompile.planning.auto_format import relative_error
+from ttcompile.planning.budget import Budget
+from ttcompile.planning.datafree import Objective, layer_model
+from ttcompile.sources import file_sha256
 
 from graphs import _model, conv_model, gemm_model
 

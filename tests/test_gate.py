@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import ttcompile.cmd_compress as cmd_compress
+import ttcompile.rewrite.pipeline as pipeline
 from ttcompile.cli import main
 from ttcompile.errors import EXIT_VERIFY
-from ttcompile.gate import CEILING, FLOOR, FP16_FLOOR, floor_for, judge, predicted_limit
 from ttcompile.models.data import embedded
+from ttcompile.rewrite.gate import CEILING, FLOOR, FP16_FLOOR, floor_for, judge, predicted_limit
 
 from graphs import gemm_model, mlp_model
 
@@ -76,7 +76,7 @@ def test_hand_edited_plan_giving_100x_output_fails_and_writes_nothing(gemm, tmp_
 def test_gate_catches_what_the_plan_checks_let_through(gemm, tmp_path, capsys, monkeypatch):
     """Should a wrong plan get past the attribute checks, the measured output error still stops it."""
     plan = _plan_with_alpha(gemm, tmp_path, 50.0)
-    monkeypatch.setattr(cmd_compress, "check_plan_layers", lambda plan, layers: None)
+    monkeypatch.setattr(pipeline, "check_plan_layers", lambda plan, layers: None)
     out = tmp_path / "b.onnx"
     capsys.readouterr()
     assert main(["compress", str(gemm), "-o", str(out), "--plan", str(plan), "--quiet"]) == EXIT_VERIFY

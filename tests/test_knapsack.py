@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from test_budget import fake_analysis, mlp  # noqa: F401  (fixture)
 
-from ttcompile import knapsack
-from ttcompile.allocators import Context, search
-from ttcompile.budget import Budget
+from ttcompile.analysis.sensitivity import Curve
 from ttcompile.passes.base import get_format
-from ttcompile.plan import file_sha256
-from ttcompile.sensitivity import Curve
+from ttcompile.planning import knapsack
+from ttcompile.planning.allocators import Context, search
+from ttcompile.planning.budget import Budget
+from ttcompile.sources import file_sha256
 
 
 def brute_force(groups, capacity):

@@ -10,14 +10,15 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from ttcompile.counting import count_params
 from ttcompile.layers import find_layers
 from ttcompile.models.data import Dataset
-from ttcompile.plan import make_plan
-from ttcompile.rank_select import Settings, compress_and_train
+from ttcompile.planning.plan import make_plan
+from ttcompile.rewrite.counting import count_params
 from ttcompile.train.executor import OnnxModule, write_back
 from ttcompile.train.l0 import L0Gates
 from ttcompile.train.lowrank import CoreSpace, export_cores
+from ttcompile.train.rank_select import compress_and_train
+from ttcompile.train.settings import TrainSettings as Settings
 
 from graphs import conv_model, mlp_model
 from train_helpers import run_ort

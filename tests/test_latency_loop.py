@@ -1,9 +1,9 @@
-"""Closed-loop latency budget (ttcompile.latency_loop) on a synthetic solver whose additive prediction is off."""
+"""Closed-loop latency budget (ttcompile.planning.latency_loop) on a synthetic solver with an off prediction."""
 
 import pytest
 
-from ttcompile.budget import Budget, BudgetInfeasible, Solution
-from ttcompile.latency_loop import closed_loop
+from ttcompile.planning.budget import Budget, BudgetInfeasible, Solution
+from ttcompile.planning.latency_loop import closed_loop
 
 MODEL_MS = 10.0
 
@@ -57,16 +57,21 @@ def test_closed_loop_takes_milliseconds_as_an_absolute_target():
     assert sol.report["latency"]["predicted_ms"] <= 4.0
 
 
-def test_closed_loop_stops_when_the_solver_repeats_a_plan():
-    solve, _ = solver(0.8)
-    calls = []
+def test_closed_loop_bisects_a_step_shaped_plan_family():
+    """Plans change in steps with the target (ResNet-20 at batch 32: 0.24 at 0.6, 1.34 at 1.0)."""
+    def solve(budget: Budget) -> Solution:
+        report = {"budget": str(budget), "targets": {}, "of_target": {},
+                  "latency": {"predicted_ms": budget.latency * MODEL_MS}}
+        return Solution([], "ratio", budget.latency, report)
 
     def measure(sol: Solution, samples: int) -> tuple[float, str]:
-        calls.append(samples)
-        return 0.3, "same plan"  # e.g. the knob's next step is beyond every corrected target
+        step = 0.24 if sol.value < 0.7 else 0.55 if sol.value < 0.8 else 1.34
+        return step, str(step)
 
-    sol = closed_loop(lambda b: solve(Budget(latency=0.5)), measure, Budget(latency=0.5), MODEL_MS)
-    assert len(sol.report["latency"]["closed_loop"]["rounds"]) == 2 and calls == [1, 1, 3]
+    sol = closed_loop(solve, measure, Budget(latency=0.6), MODEL_MS)
+    loop = sol.report["latency"]["closed_loop"]
+    assert [r["solved_for"] for r in loop["rounds"]] == pytest.approx([0.6, 1.0, 0.8, 0.7])
+    assert loop["met"] and sol.report["latency"]["predicted_ms"] == pytest.approx(5.5)
 
 
 def test_closed_loop_confirms_the_kept_plan_with_more_timings():

@@ -12,12 +12,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ttcompile.analysis.features import embed, find_probes, pool_cells
+from ttcompile.analysis.lwiq import INPUT, Analysis, ProxyClassifier, analyze, split_indices
+from ttcompile.analysis.sensitivity import CURVE_SAMPLES
 from ttcompile.errors import UserError
-from ttcompile.features import embed, find_probes, pool_cells
 from ttcompile.graph import load_model
 from ttcompile.layers import find_layers
-from ttcompile.lwiq import INPUT, Analysis, ProxyClassifier, analyze, split_indices
-from ttcompile.sensitivity import CURVE_SAMPLES
 
 
 @pytest.fixture(scope="module")

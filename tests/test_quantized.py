@@ -135,8 +135,8 @@ def test_lossy_error_is_comparable_to_the_float_rewrite(quantized, tmp_path, cap
 def test_dynamic_quantization_of_a_constant_matches_onnxruntime():
     from onnx import TensorProto, helper
 
-    from ttcompile.quant import dynamic_quantize_constant
-    from ttcompile.verify import run
+    from ttcompile.rewrite.quant import dynamic_quantize_constant
+    from ttcompile.rewrite.verify import run
 
     x = (np.random.default_rng(3).standard_normal((6, 5)) * 3 + 1).astype(np.float32)
     node = helper.make_node("DynamicQuantizeLinear", ["w"], ["q", "s", "z"])

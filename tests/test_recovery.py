@@ -13,12 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.graphs import mlp_model
 from tests.test_data_aware import relative_output_error
+from ttcompile.analysis.features import model_input
+from ttcompile.analysis.moments import accumulate
+from ttcompile.analysis.recovery import compressed_model, groups, initial_states, recover
 from ttcompile.cli import main
-from ttcompile.features import model_input
 from ttcompile.layers import find_layers
-from ttcompile.moments import accumulate
-from ttcompile.plan import make_plan
-from ttcompile.recovery import compressed_model, groups, initial_states, recover
+from ttcompile.planning.plan import make_plan
 
 
 def conv_net(seed: int = 0) -> onnx.ModelProto:
@@ -139,7 +139,7 @@ def test_calibration_samples_fill_dynamic_input_dims(tmp_path):
     """A model input (N, 3, H, W) takes samples of any H, W (the OCR models in wheels have such inputs); a wrong
     channel count is refused with the file's name."""
     from tests.graphs import conv_model
-    from ttcompile.calibrated import calibration_inputs
+    from ttcompile.analysis.calibrated import calibration_inputs
     from ttcompile.errors import UserError
 
     proto = conv_model(c_in=3, c_out=4, spatial=("H", "W"))
@@ -154,7 +154,7 @@ def test_calibration_samples_fill_dynamic_input_dims(tmp_path):
 def test_distillation_is_kept_only_when_it_fits_the_original_better(tmp_path):
     """``--recover model`` never writes a worse fit: a student already equal to the teacher (KL 0) comes back
     unchanged; a weight-initialised low-rank student comes back tuned, with a lower KL on the samples."""
-    from ttcompile.calibrated import Settings, distil
+    from ttcompile.analysis.calibrated import Settings, distil
 
     proto, model, plan, x, mom = prepared(tmp_path, "tt", 0.2)
     settings = Settings(epochs=3, lr=3e-2, progress=False)

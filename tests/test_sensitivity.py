@@ -8,15 +8,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ttcompile.allocators import Context, allocate, search
-from ttcompile.budget import Budget
+from ttcompile.analysis.lwiq import analyze
+from ttcompile.analysis.targets import embed_positions, kmeans
 from ttcompile.graph import load_model
-from ttcompile.hull import lower_hull
 from ttcompile.layers import find_layers
-from ttcompile.lwiq import analyze
 from ttcompile.passes.base import get_format
-from ttcompile.plan import file_sha256
-from ttcompile.targets import embed_positions, kmeans
+from ttcompile.planning.allocators import Context, allocate, search
+from ttcompile.planning.budget import Budget
+from ttcompile.planning.hull import lower_hull
+from ttcompile.sources import file_sha256
 
 
 def test_hull_keeps_only_points_optimal_for_some_multiplier():

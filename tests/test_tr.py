@@ -17,7 +17,7 @@ from ttcompile.graph import load_model
 from ttcompile.layers import Layer, dense_weight, find_layers
 from ttcompile.passes import get_format
 from ttcompile.passes.tr import tr_caps, tr_full, tr_start, tr_svd
-from ttcompile.verify import random_inputs, relative_errors
+from ttcompile.rewrite.verify import random_inputs, relative_errors
 
 from graphs import conv_model, gemm_model, matmul_model
 from rewrite_check import assert_cost_matches_graph, assert_decreasing, compress_one, errors_by_rank

@@ -15,8 +15,8 @@ from ttcompile.cli import main  # noqa: E402
 from ttcompile.graph import load_model  # noqa: E402
 from ttcompile.layers import find_layers  # noqa: E402
 from ttcompile.passes import get_format  # noqa: E402
+from ttcompile.rewrite.verify import random_inputs  # noqa: E402
 from ttcompile.train.executor import OnnxModule, write_back  # noqa: E402
-from ttcompile.verify import random_inputs  # noqa: E402
 
 from graphs import conv_model, gemm_model, matmul_model  # noqa: E402
 from rewrite_check import compress_one  # noqa: E402

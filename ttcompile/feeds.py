@@ -19,6 +19,8 @@ import onnx
 
 from ttcompile.errors import UserError
 
+MAX_BATCH = 1 << 16  # samples per ONNX Runtime run; larger batches only exhaust memory
+
 
 def declared_dims(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...] | None]:
     """Graph input name -> declared dims (None per dynamic dim; None when the rank is unknown)."""

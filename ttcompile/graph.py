@@ -41,16 +41,22 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise UserError(f"{path}: missing external data ({exc})") from exc
     except Exception as exc:
         raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    return normalize_proto(proto, str(path))
+
+
+def normalize_proto(proto: onnx.ModelProto, name: str) -> ir.Model:
+    """Check ``proto`` (UserError naming ``name``) and normalise it as ``load_model`` does; ``proto`` itself
+    is consumed (the returned model may share its tensors)."""
     if not proto.graph.node:
-        raise UserError(f"{path}: not an ONNX model (empty graph)")
+        raise UserError(f"{name}: not an ONNX model (empty graph)")
     bad = _invalid_text(proto)
     if bad:
-        raise UserError(f"{path}: invalid UTF-8 in a {bad[0]} ({bad[1]!r}); the file is damaged")
+        raise UserError(f"{name}: invalid UTF-8 in a {bad[0]} ({bad[1]!r}); the file is damaged")
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{path}: invalid ONNX model: {first}") from exc
+        raise UserError(f"{name}: invalid ONNX model: {first}") from exc
     model = ir.from_proto(proto)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     fold_constant_identities(model)

@@ -1,6 +1,6 @@
 """Discovery of compressible layers: Gemm, MatMul with a constant weight, Conv 1-D/2-D.
 
-Constant weights include quantized ones (``ttcompile.quant``): a QDQ weight (``DequantizeLinear`` of
+Constant weights include quantized ones (``ttcompile.rewrite.quant``): a QDQ weight (``DequantizeLinear`` of
 constants) and the integer ops of ORT's dynamic quantization (MatMulInteger, ConvInteger).
 
 Every layer is described in a canonical form that the rewrite passes share:
@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ttcompile.graph import to_proto
-from ttcompile.quant import (
+from ttcompile.rewrite.quant import (
     INTEGER_OPS,
     DynamicPattern,
     constant_array,

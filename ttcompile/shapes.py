@@ -7,7 +7,7 @@ import tempfile
 
 import onnx
 
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, UserError, opt
 
 
 def fix_input_dims(
@@ -48,7 +48,7 @@ def fix_input_dims(
                     "give its shape with --input-shape NAME=DxDxD"
                 )
     if input_shapes:
-        raise UserError(f"--input-shape names unknown inputs: {', '.join(sorted(input_shapes))}")
+        raise OptionError(f"{opt('input_shapes')} names unknown inputs: {', '.join(sorted(input_shapes))}")
     return model
 
 
@@ -114,6 +114,6 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
             if min(out[name]) < 1:
                 raise ValueError
         except ValueError:
-            raise UserError(f"--input-shape {spec!r}: expected NAME=DxDx...D with positive integers D, "
+            raise OptionError(f"{opt('input_shapes')} {spec!r}: expected NAME=DxDx...D with positive integers D, "
                             "e.g. input=1x3x32x32") from None
     return out

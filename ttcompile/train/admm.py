@@ -10,7 +10,7 @@ quasi-optimal):
 
 ``distances`` logs ``||W_l - Z_l|| / ||W_l||`` summed over layers at every epoch start; it should fall.
 Afterwards the trained dense weights are decomposed at the same ranks and fine-tuned (see
-``ttcompile.rank_select``). Z and U are kept in the initializers' ONNX layout.
+``ttcompile.train.rank_select``). Z and U are kept in the initializers' ONNX layout.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ttcompile.passes.base import get_format
-from ttcompile.plan import LayerPlan, Plan
+from ttcompile.planning.plan import LayerPlan, Plan
 from ttcompile.train.executor import OnnxModule
 from ttcompile.train.hooks import TrainHook
 from ttcompile.train.lowrank import canonical_layout, compressed_layers, onnx_layout

@@ -8,10 +8,11 @@ return (model with the same nodes and initializer names, History).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ttcompile.errors import UserError
+from ttcompile.errors import OptionError, UserError, opt
 
 if TYPE_CHECKING:
     import onnx
@@ -20,9 +21,21 @@ if TYPE_CHECKING:
     from ttcompile.train.common import EpochStats, History
 
 BACKENDS = ("torch", "ort")
+logger = logging.getLogger(__name__)
 
 
-def require_torch(what: str = "--backend torch") -> None:
+def epoch_logger(epochs: int, metric: str) -> Callable[[EpochStats], None]:
+    """``on_epoch`` callback logging one line per finished epoch (``metric``: what ``val`` measures)."""
+
+    def log(stats: EpochStats) -> None:
+        val = "" if stats.val is None else f"  val {metric} {stats.val:.4f}"
+        logger.info("epoch %s/%s  loss %.4f%s  lr %.2e  %.1fs", stats.epoch, epochs, stats.loss, val, stats.lr,
+                    stats.seconds)
+
+    return log
+
+
+def require_torch(what: str = f"{opt('backend')} torch") -> None:
     """A one-line UserError naming the ``[train]`` extra when torch is missing."""
     try:
         import torch  # noqa: F401
@@ -39,7 +52,7 @@ def require(backend: str) -> None:
 
         load()
     else:
-        raise UserError(f"unknown fine-tuning backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise OptionError(f"unknown {opt('backend')} {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
 def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None = None,

@@ -22,13 +22,13 @@ import tensorly as tl
 import torch
 from torch import nn
 
-from ttcompile.compress import RewriteResult, apply_plan
 from ttcompile.errors import UserError
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format, get_format
 from ttcompile.passes.tt import balance_norms
-from ttcompile.plan import LayerPlan, Plan
+from ttcompile.planning.plan import LayerPlan, Plan
+from ttcompile.rewrite.compress import RewriteResult, apply_plan
 from ttcompile.train.executor import OnnxModule
 from ttcompile.train.hooks import TrainHook
 

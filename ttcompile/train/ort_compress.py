@@ -1,7 +1,7 @@
 """``compress --train --backend ort``: rewrite with the plan's cores, then fine-tune the compressed graph
 with onnxruntime-training, distilling from the uncompressed model.
 
-The torch backend trains the cores in core space on the dense graph (``ttcompile.rank_select``); here the
+The torch backend trains the cores in core space on the dense graph (``ttcompile.train.rank_select``); here the
 emitted compressed graph's initializers (its cores and biases) are trained directly, which needs no torch.
 ℓ0 and ADMM rank selection are torch-only.
 """
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import onnx
 import onnx_ir as ir
 
-from ttcompile.compress import RewriteResult, apply_plan
 from ttcompile.graph import to_proto
-from ttcompile.plan import Plan
+from ttcompile.planning.plan import Plan
+from ttcompile.rewrite.compress import RewriteResult, apply_plan
 from ttcompile.train.common import EpochStats, History
 from ttcompile.train.ort_finetune import finetune_ort
 

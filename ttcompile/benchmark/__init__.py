@@ -1,0 +1,1 @@
+"""Benchmarks on ONNX Runtime and their reports and tables."""

@@ -1,0 +1,1 @@
+"""Planning: budgets, rank allocators and their solvers, and the Plan they produce."""

@@ -1,0 +1,1 @@
+"""Rewriting a model by a Plan: decomposed chains, verification, the output gate and static cost."""
