@@ -160,7 +160,8 @@ class CompressPass(ir.passes.InPlacePass):
     plan entry too (``plan`` is updated: errors, failures); other exceptions are bugs and propagate. The old
     nodes' weights stay in the graph until a cleanup pass (``RemoveUnusedNodesPass``) removes them, as
     ``apply_plan`` does. ``cores`` maps layer names to cores to emit instead of decomposing the weight;
-    ``results`` holds the last run's ``RewriteResult`` per planned layer."""
+    ``results`` holds the last run's ``RewriteResult`` per planned layer. Run in a ``PassManager``, its
+    errors arrive as the cause of onnx-ir's ``PassError``."""
 
     def __init__(self, plan: Plan, cores: dict[str, list[np.ndarray]] | None = None, progress: bool = False):
         super().__init__()
@@ -184,7 +185,9 @@ class CompressPass(ir.passes.InPlacePass):
 def apply_plan(model: ir.Model, plan: Plan, progress: bool = False,
                cores: dict[str, list[np.ndarray]] | None = None) -> list[RewriteResult]:
     """Rewrite ``model`` in place (``CompressPass``, then onnx-ir's ``RemoveUnusedNodesPass``); returns the
-    per-layer results."""
+    per-layer results. The passes run one after the other rather than in a ``PassManager``, which would wrap
+    a UserError (a plan that does not fit the model) or a bug in onnx-ir's ``PassError``."""
     rewrite = CompressPass(plan, cores, progress)
-    ir.passes.PassManager([rewrite, RemoveUnusedNodesPass()])(model)
+    rewrite(model)
+    RemoveUnusedNodesPass()(model)
     return rewrite.results
