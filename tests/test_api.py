@@ -1,5 +1,5 @@
 """The Python API: the README example, result types, in-memory models, errors, silence, and the layout rules
-(library modules import without ``ttcompile.cli``)."""
+(library modules import without ``ttcompile.cli``; no module over 400 lines)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from graphs import mlp_model
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = ROOT / "models" / "lenet5_mnist.onnx"
+MAX_LINES = 400
 # Installed in a child interpreter: any import of ttcompile.cli (or below) fails.
 BLOCK_CLI = """
 import sys
@@ -172,3 +173,9 @@ for m in pkgutil.walk_packages(ttcompile.__path__, "ttcompile."):
     assert {"ttcompile.api", "ttcompile.planning.allocators", "ttcompile.rewrite.pipeline"} <= set(imported)
     assert len(imported) > 50
 
+
+def test_no_module_is_over_400_lines():
+    sizes = {p.relative_to(ROOT): len(p.read_text().splitlines())
+             for top in ("ttcompile", "passes", "models") for p in (ROOT / top).rglob("*.py")}
+    assert len(sizes) > 50
+    assert {str(p): n for p, n in sizes.items() if n > MAX_LINES} == {}
