@@ -235,7 +235,7 @@ def analyze(
     pseudo_classes: int = 10,
     curve_samples: int = CURVE_SAMPLES,
     readout: str = "next",
-    progress: bool = True,
+    progress: bool = False,
 ) -> Analysis:
     """Run the LWIQ analysis of ``model_path`` on calibration data ``calib_spec`` (see the module docstring).
 

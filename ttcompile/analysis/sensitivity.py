@@ -267,7 +267,7 @@ def _score(outputs: Iterator[np.ndarray], probe: Probe, targets: Targets, proxy,
 
 def measure_curves(model: ir.Model, layers: list[Layer], spans: dict[str, Span], capture: Capture,
                    planner: Planner, targets: Targets, proxies: dict, labels: np.ndarray, *, batch: int = 256,
-                   progress: bool = True) -> dict[str, Curve]:
+                   progress: bool = False) -> dict[str, Curve]:
     """Sensitivity curve of every layer ``planner`` can rewrite (see the module docstring).
 
     ``spans`` (``layer_span``) by layer name; ``proxies`` maps probe values to imprinted ``ProxyClassifier``s;

@@ -169,7 +169,7 @@ def benchmark(
     min_time: float = 0.25,
     min_runs: int = 10,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> BenchReport:
     """Benchmark ``models`` (paths) on ``provider`` and compare each with the first one.
 

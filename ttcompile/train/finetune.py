@@ -72,7 +72,7 @@ def _predict(module: OnnxModule) -> Callable[[np.ndarray], np.ndarray]:
 def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None = None,
              *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128, temperature: float = 4.0,
              kd_weight: float = 0.9, weight_decay: float = 0.0, seed: int = 0, checkpoint: Path | None = None,
-             resume: bool = False, progress: bool = True, hooks: Sequence[TrainHook] | None = None,
+             resume: bool = False, progress: bool = False, hooks: Sequence[TrainHook] | None = None,
              threads: int | None = None) -> tuple[onnx.ModelProto, History]:
     """Fine-tune ``student``'s float initializers to mimic ``teacher`` on ``train``.
 

@@ -140,7 +140,7 @@ class _Run:
 def finetune_ort(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None = None,
                  *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128, temperature: float = 4.0,
                  kd_weight: float = 0.9, weight_decay: float = 0.0, seed: int = 0, optimizer: str = "adamw",
-                 checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
+                 checkpoint: Path | None = None, resume: bool = False, progress: bool = False,
                  threads: int | None = None, on_epoch: Callable[[EpochStats], None] | None = None,
                  ) -> tuple[onnx.ModelProto, History]:
     """Fine-tune ``student``'s trainable float32 initializers to mimic ``teacher`` on ``train`` with
