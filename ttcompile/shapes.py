@@ -45,7 +45,7 @@ def fix_input_dims(
             else:
                 raise UserError(
                     f"input {inp.name!r} has a dynamic dim {i} ({d.dim_param or '?'}): "
-                    "give its shape with --input-shape NAME=DxDxD"
+                    f"give its shape with {opt('input_shapes')} NAME=DxDxD"
                 )
     if input_shapes:
         raise OptionError(f"{opt('input_shapes')} names unknown inputs: {', '.join(sorted(input_shapes))}")

@@ -322,7 +322,7 @@ def _sample_shape(inp: _Input, path: Path, data: Dataset | None) -> tuple[int, .
     if data_shape is None or len(data_shape) != len(dims):
         raise UserError(
             f"{path}: input {inp.name!r} has dynamic dims besides the batch ({inp.dims}); "
-            "give data (--data) whose samples fix them"
+            f"give data ({opt('data')}) whose samples fix them"
         )
     if any(d is not None and d != s for d, s in zip(dims, data_shape, strict=True)):
         raise UserError(f"{path}: input {inp.name!r} of shape {inp.dims} does not fit data samples {data_shape}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
 from ttcompile.train import checkpoints
 from ttcompile.train.common import (
     Data,
@@ -126,7 +126,8 @@ def _train_epoch(module: OnnxModule, hooks: Sequence[TrainHook], optimizer, sche
             loss = loss if penalty is None else loss + penalty
         if not torch.isfinite(loss):
             raise UserError(f"training loss is {loss.item()} in epoch {epoch} (batch at sample {first}): the "
-                            "student, teacher or data has non-finite values, or --lr is too large; nothing written")
+                            f"student, teacher or data has non-finite values, or {opt('lr')} is too large; nothing "
+                            "written")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]

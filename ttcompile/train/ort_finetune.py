@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
 from ttcompile.runtime import make_session
 from ttcompile.train import ort_checkpoints
 from ttcompile.train.common import (
@@ -128,7 +128,7 @@ class _Run:
             loss = float(self.module(*[feed[name] for name in self.inputs]))
             if not math.isfinite(loss):
                 raise UserError(f"training loss is {loss} in epoch {epoch} (batch at sample {first}): the student, "
-                                "teacher or data has non-finite values, or --lr is too large; nothing written")
+                                f"teacher or data has non-finite values, or {opt('lr')} is too large; nothing written")
             self.optimizer.step()
             self.module.lazy_reset_grad()
             loss_sum += loss * len(idx)
