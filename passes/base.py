@@ -19,6 +19,8 @@ from ttcompile.layers import Layer
 # A node costs about as much as this many MACs (0.3-0.5 us per node against ~45 GMAC/s
 # per core, amortised over a batch of 8); used only to choose between realizations.
 NODE_COST_MACS = 2500
+# A merged realization may store at most this many times the parameters of the plain chain.
+MERGE_PARAM_SLACK = 1.5
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,15 @@ class Format(ABC):
 
 
 FORMATS: dict[str, Format] = {}
+
+
+def cheapest_option(fmt: Format, layer: Layer, modes: dict, ranks: list[int], candidates: list[dict]) -> dict:
+    """Fastest candidate realization (``Cost.speed_score``) storing at most MERGE_PARAM_SLACK times the
+    parameters of ``candidates[0]``, the plain chain."""
+    costs = [fmt.cost(layer, modes, ranks, o) for o in candidates]
+    plain = costs[0].params
+    allowed = [(c.speed_score, c.params, i) for i, c in enumerate(costs) if c.params <= MERGE_PARAM_SLACK * plain]
+    return candidates[min(allowed)[2]]
 
 
 def register(cls: type[Format]) -> type[Format]:

@@ -38,15 +38,13 @@ from ttcompile.passes.base import (
     ChainBuilder,
     Cost,
     Format,
+    cheapest_option,
     finish_cost,
     register,
     spatial,
     spatial_conv_attrs,
 )
 from ttcompile.rewrite.factorize import default_order, factorize
-
-# A merged realization may store at most this many times the parameters of the plain chain.
-MERGE_PARAM_SLACK = 1.5
 
 
 def tt_caps(dims: list[int]) -> list[int]:
@@ -255,15 +253,6 @@ def _emit_conv(b: ChainBuilder, x: ir.Value, cores: list[np.ndarray], layer: Lay
 
 
 # ---- the format --------------------------------------------------------------------------------
-
-
-def cheapest_option(fmt: Format, layer: Layer, modes: dict, ranks: list[int], candidates: list[dict]) -> dict:
-    """Fastest candidate realization (``Cost.speed_score``) storing at most MERGE_PARAM_SLACK times the
-    parameters of ``candidates[0]``, the plain chain."""
-    costs = [fmt.cost(layer, modes, ranks, o) for o in candidates]
-    plain = costs[0].params
-    allowed = [(c.speed_score, c.params, i) for i, c in enumerate(costs) if c.params <= MERGE_PARAM_SLACK * plain]
-    return candidates[min(allowed)[2]]
 
 
 @register

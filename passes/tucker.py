@@ -28,9 +28,16 @@ import numpy as np
 import tensorly as tl
 
 from ttcompile.layers import Layer
-from ttcompile.passes.base import ChainBuilder, Cost, finish_cost, register, spatial, spatial_conv_attrs
+from ttcompile.passes.base import (
+    ChainBuilder,
+    Cost,
+    cheapest_option,
+    finish_cost,
+    register,
+    spatial,
+    spatial_conv_attrs,
+)
 from ttcompile.passes.svd import SVDFormat, leading_vectors
-from ttcompile.passes.tt import cheapest_option
 
 HOOI_SWEEPS = 10  # HOOI usually converges in 2-5 sweeps; the cap bounds the time on large kernels
 HOOI_TOL = 1e-9  # stop when ||G||^2 grows by less than this fraction of ||W||^2

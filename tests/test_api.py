@@ -1,5 +1,5 @@
 """The Python API: the README example, result types, in-memory models, errors, silence, and the layout rules
-(library modules import without ``ttcompile.cli``)."""
+(library modules import without ``ttcompile.cli``; no module over 400 lines)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from graphs import mlp_model
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = ROOT / "models" / "lenet5_mnist.onnx"
+MAX_LINES = 400
 # Installed in a child interpreter: any import of ttcompile.cli (or below) fails.
 BLOCK_CLI = """
 import sys
@@ -172,3 +173,33 @@ for m in pkgutil.walk_packages(ttcompile.__path__, "ttcompile."):
     assert {"ttcompile.api", "ttcompile.planning.allocators", "ttcompile.rewrite.pipeline"} <= set(imported)
     assert len(imported) > 50
 
+
+def test_no_module_is_over_400_lines():
+    sizes = {p.relative_to(ROOT): len(p.read_text().splitlines())
+             for top in ("ttcompile", "passes", "models") for p in (ROOT / top).rglob("*.py")}
+    assert len(sizes) > 50
+    assert {str(p): n for p, n in sizes.items() if n > MAX_LINES} == {}
+
+
+@pytest.mark.slow  # ~35 s: LWIQ curves of LeNet-5
+def test_analysis_of_an_in_memory_model_plans_that_model_only():
+    model, calib = onnx.load(LENET), np.load(ROOT / "models" / "mnist_calib.npz")
+    analysis = ttcompile.analyze(model, (calib["x"][:100], calib["y"][:100]), curve_samples=32)
+    plan = ttcompile.plan(model, budget="params=0.2", analysis=analysis)
+    assert plan.settings["allocator"] == "lwiq" and plan.model_sha256 == analysis.model_sha256
+    assert plan.totals()["params_after"] <= 0.2 * plan.totals()["params_before"]
+    # onnx.save wrote the file deterministically: its bytes are the proto's serialisation, the same model
+    assert ttcompile.plan(LENET, budget="params=0.2", analysis=analysis).model_sha256 == plan.model_sha256
+    model.doc_string = "another model"
+    with pytest.raises(ttcompile.UserError, match="the analysis was made for"):
+        ttcompile.plan(model, budget="params=0.2", analysis=analysis)
+
+
+def test_finetune_returns_the_students_type():
+    pytest.importorskip("torch")
+    teacher = mlp_model()
+    student = ttcompile.compress(teacher, ratio=0.3, allow_more_macs=True).model
+    x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    tuned = ttcompile.finetune(ir.from_proto(student), teacher, x, epochs=1, batch_size=32)
+    assert type(tuned.model) is ir.Model and len(tuned.history.epochs) == 1
+    assert [n.op_type for n in ir.to_proto(tuned.model).graph.node] == [n.op_type for n in student.graph.node]

@@ -18,7 +18,7 @@ from ttcompile.graph import load_model
 from ttcompile.layers import find_layers
 from ttcompile.passes.base import get_format
 from ttcompile.planning.allocators import Context, allocate
-from ttcompile.planning.budget import Budget, Planner, parse_budget
+from ttcompile.planning.budget import Budget, parse_budget
 from ttcompile.planning.latency import (
     Env,
     LatencyBudget,
@@ -30,6 +30,7 @@ from ttcompile.planning.latency import (
     layer_group,
 )
 from ttcompile.planning.plan import layer_plan
+from ttcompile.planning.planner import Planner
 from ttcompile.rewrite.counting import total_macs
 from ttcompile.sources import file_sha256
 

@@ -16,7 +16,7 @@ from test_tt import CONV_FORMS, FULL, GEMM_FORMS, MATMUL_FORMS, TOL
 from ttcompile.graph import load_model
 from ttcompile.layers import Layer, dense_weight, find_layers
 from ttcompile.passes import get_format
-from ttcompile.passes.tr import tr_caps, tr_full, tr_start, tr_svd
+from ttcompile.passes.tr_svd import tr_caps, tr_full, tr_start, tr_svd
 from ttcompile.rewrite.verify import random_inputs, relative_errors
 
 from graphs import conv_model, gemm_model, matmul_model

@@ -6,8 +6,9 @@ from ttcompile.api import Finetuned, analyze, bench, compress, finetune, inspect
 from ttcompile.errors import OptionError, UserError, VerificationError
 from ttcompile.planning.budget import Budget, BudgetInfeasible
 from ttcompile.planning.plan import Plan
+from ttcompile.rewrite.compress import CompressPass
 from ttcompile.rewrite.pipeline import Compressed, CompressReport
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "BudgetInfeasible", "CompressReport", "Compressed", "Finetuned", "OptionError", "Plan",
-           "UserError", "VerificationError", "analyze", "bench", "compress", "finetune", "inspect", "plan"]
+__all__ = ["Budget", "BudgetInfeasible", "CompressPass", "CompressReport", "Compressed", "Finetuned", "OptionError",
+           "Plan", "UserError", "VerificationError", "analyze", "bench", "compress", "finetune", "inspect", "plan"]

@@ -18,24 +18,14 @@ import numpy as np
 import onnx
 
 from ttcompile.errors import UserError
+from ttcompile.protos import declared_shape, graph_inputs
 
 MAX_BATCH = 1 << 16  # samples per ONNX Runtime run; larger batches only exhaust memory
 
 
 def declared_dims(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...] | None]:
     """Graph input name -> declared dims (None per dynamic dim; None when the rank is unknown)."""
-    inits = {t.name for t in proto.graph.initializer}
-    out: dict[str, tuple[int | None, ...] | None] = {}
-    for inp in proto.graph.input:
-        if inp.name in inits:
-            continue
-        tt = inp.type.tensor_type
-        if not tt.HasField("shape"):
-            out[inp.name] = None
-            continue
-        out[inp.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                              for d in tt.shape.dim)
-    return out
+    return {inp.name: declared_shape(inp) for inp in graph_inputs(proto)}
 
 
 def sample_axes(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[int, int, dict[str, int]]:

@@ -8,6 +8,7 @@ import tempfile
 import onnx
 
 from ttcompile.errors import OptionError, UserError, opt
+from ttcompile.protos import graph_inputs
 
 
 def fix_input_dims(
@@ -20,10 +21,9 @@ def fix_input_dims(
     (name -> full shape), else a UserError names the input.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    init_names = {t.name for t in model.graph.initializer}
     input_shapes = dict(input_shapes or {})
-    for inp in model.graph.input:
-        if inp.name in init_names or not inp.type.HasField("tensor_type"):
+    for inp in graph_inputs(model):
+        if not inp.type.HasField("tensor_type"):
             continue
         dims = inp.type.tensor_type.shape.dim
         given = input_shapes.pop(inp.name, None)
@@ -45,7 +45,7 @@ def fix_input_dims(
             else:
                 raise UserError(
                     f"input {inp.name!r} has a dynamic dim {i} ({d.dim_param or '?'}): "
-                    "give its shape with --input-shape NAME=DxDxD"
+                    f"give its shape with {opt('input_shapes')} NAME=DxDxD"
                 )
     if input_shapes:
         raise OptionError(f"{opt('input_shapes')} names unknown inputs: {', '.join(sorted(input_shapes))}")

@@ -37,6 +37,7 @@ from ttcompile.errors import UserError
 from ttcompile.feeds import MAX_BATCH
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
+from ttcompile.protos import declared_shape, graph_inputs
 from ttcompile.runtime import make_session
 
 if TYPE_CHECKING:
@@ -84,14 +85,12 @@ class Calibration:
 
 def model_input(proto: onnx.ModelProto) -> ModelInput:
     """The single non-initializer graph input (UserError for zero or several, or a non-float one)."""
-    inits = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
+    inputs = graph_inputs(proto)
     if len(inputs) != 1:
         raise UserError(f"calibration feeds one input, the model has {len(inputs)}: "
                         f"{', '.join(i.name for i in inputs)}")
     inp = inputs[0]
-    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in inp.type.tensor_type.shape.dim)
+    dims = declared_shape(inp) or ()
     elem = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     if np.dtype(elem).kind != "f":
         raise UserError(f"model input {inp.name!r} has dtype {np.dtype(elem)}; calibration data "

@@ -59,8 +59,8 @@ from ttcompile.graph import to_proto
 from ttcompile.jsonfile import load_json
 from ttcompile.layers import Layer, find_layers
 from ttcompile.passes.base import get_format
-from ttcompile.planning.budget import Planner
 from ttcompile.planning.plan import check_types
+from ttcompile.planning.planner import Planner
 from ttcompile.sources import DataLike, ModelId, ModelLike, Source, data_spec, model_id, resolve_model
 
 ANALYSIS_VERSION = 2
@@ -235,7 +235,7 @@ def analyze(
     pseudo_classes: int = 10,
     curve_samples: int = CURVE_SAMPLES,
     readout: str = "next",
-    progress: bool = True,
+    progress: bool = False,
 ) -> Analysis:
     """Run the LWIQ analysis of ``model_path`` on calibration data ``calib_spec`` (see the module docstring).
 

@@ -162,7 +162,7 @@ def restrict_outputs(model: ir.Model, values: list[str]) -> bytes:
 
 
 def accumulate(original: ir.Model, layers: list[Layer], x: np.ndarray, inp: ModelInput,
-               compressed: ir.Model | None = None, batch: int = 100, progress: bool = True,
+               compressed: ir.Model | None = None, batch: int = 100, progress: bool = False,
                desc: str = "moments", known: dict[str, Moments] | None = None) -> dict[str, Moments]:
     """Mean moments of every layer's input on ``x``; with ``compressed``, also the cross moments
     (``a_c`` read in ``compressed``, ``a_o`` in ``original``, sample by sample). One ORT pass per model.

@@ -82,7 +82,7 @@ def compressed_plans(plan: Plan) -> list[LayerPlan]:
 
 
 def initial_states(model: ir.Model, plan: Plan, moments: dict[str, Moments] | None, data_init: bool,
-                   steps: int = INIT_STEPS, progress: bool = True) -> dict[str, LayerState]:
+                   steps: int = INIT_STEPS, progress: bool = False) -> dict[str, LayerState]:
     """Weight-decomposed cores per layer; with ``data_init`` also the data-aware ones (``whitened_init``
     where a closed form exists, then ``refine``), keeping whichever has the lower calibration output error."""
     require_torch(f"compression from calibration data ({opt('calib')})")
@@ -153,7 +153,7 @@ def groups(names: list[str], max_passes: int) -> list[list[str]]:
 
 def recover(model: ir.Model, plan: Plan, states: dict[str, LayerState], x: np.ndarray, inp: ModelInput,
             mode: str = "sequential", moments: dict[str, Moments] | None = None, steps: int = RECOVER_STEPS,
-            max_passes: int = MAX_PASSES, batch: int = 100, progress: bool = True) -> int:
+            max_passes: int = MAX_PASSES, batch: int = 100, progress: bool = False) -> int:
     """Fit every state in place (see the module docstring). ``moments``: the original's moments on ``x``
     (``accumulate``), reused when given (parallel: as they are; sequential: as ``oo``). Returns the number of
     ORT passes made."""

@@ -50,7 +50,8 @@ from ttcompile.analysis.features import Probe
 from ttcompile.analysis.targets import Targets
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, find_node
-from ttcompile.planning.budget import Planner
+from ttcompile.planning.planner import Planner
+from ttcompile.protos import run_batched
 from ttcompile.rewrite.compress import rewrite_layer
 from ttcompile.runtime import make_session
 
@@ -244,16 +245,8 @@ def _run(sub: onnx.ModelProto, inputs: dict[str, np.ndarray], fixed: dict[str, n
     sess = make_session(sub.SerializeToString())
     dims = sess.get_inputs()[0].shape
     static = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
-    step = static or batch
-    pad_to = step if static or fixed else None
-    n = len(next(iter(inputs.values())))
-    for start in range(0, n, step):
-        feeds = {k: np.asarray(v[start:start + step]) for k, v in inputs.items()}
-        got = len(next(iter(feeds.values())))
-        if pad_to and got < pad_to:
-            feeds = {k: np.concatenate([v, np.repeat(v[-1:], pad_to - got, axis=0)]) for k, v in feeds.items()}
-        y = sess.run([output], {**feeds, **fixed})[0]
-        yield y[:got] if pad_to else y
+    yield from run_batched(lambda feeds: sess.run([output], {**feeds, **fixed})[0], inputs, static or batch,
+                           pad=bool(static or fixed))
 
 
 def _score(outputs: Iterator[np.ndarray], probe: Probe, targets: Targets, proxy, labels: np.ndarray,
@@ -274,7 +267,7 @@ def _score(outputs: Iterator[np.ndarray], probe: Probe, targets: Targets, proxy,
 
 def measure_curves(model: ir.Model, layers: list[Layer], spans: dict[str, Span], capture: Capture,
                    planner: Planner, targets: Targets, proxies: dict, labels: np.ndarray, *, batch: int = 256,
-                   progress: bool = True) -> dict[str, Curve]:
+                   progress: bool = False) -> dict[str, Curve]:
     """Sensitivity curve of every layer ``planner`` can rewrite (see the module docstring).
 
     ``spans`` (``layer_span``) by layer name; ``proxies`` maps probe values to imprinted ``ProxyClassifier``s;

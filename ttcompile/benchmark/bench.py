@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ttcompile.errors import UserError, opt
 from ttcompile.feeds import declared_dims
 from ttcompile.graph import load_model, to_proto
+from ttcompile.protos import declared_shape, graph_inputs, run_batched
 from ttcompile.rewrite.counting import count_params, total_macs
 from ttcompile.runtime import make_session, provider_name, require_onnxruntime
 
@@ -168,7 +169,7 @@ def benchmark(
     min_time: float = 0.25,
     min_runs: int = 10,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> BenchReport:
     """Benchmark ``models`` (paths) on ``provider`` and compare each with the first one.
 
@@ -293,15 +294,12 @@ def _load(path: Path, data: Dataset | None, batches: list[int], n: int, seed: in
 
 def _inputs(proto: onnx.ModelProto, path: Path) -> list[_Input]:
     """The real (non-initializer) tensor inputs of the graph, each with a leading batch dim."""
-    init_names = {t.name for t in proto.graph.initializer}
     inputs = []
-    for vi in proto.graph.input:
-        if vi.name in init_names:
-            continue
+    for vi in graph_inputs(proto):
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape") or not tt.shape.dim:
             raise UserError(f"{path}: input {vi.name!r} is not a tensor with a batch dim")
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        dims = list(declared_shape(vi))
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
         if dtype is None or dtype.kind not in "biuf":
             name = onnx.TensorProto.DataType.Name(tt.elem_type) if tt.elem_type else "undefined"
@@ -324,7 +322,7 @@ def _sample_shape(inp: _Input, path: Path, data: Dataset | None) -> tuple[int, .
     if data_shape is None or len(data_shape) != len(dims):
         raise UserError(
             f"{path}: input {inp.name!r} has dynamic dims besides the batch ({inp.dims}); "
-            "give data (--data) whose samples fix them"
+            f"give data ({opt('data')}) whose samples fix them"
         )
     if any(d is not None and d != s for d, s in zip(dims, data_shape, strict=True)):
         raise UserError(f"{path}: input {inp.name!r} of shape {inp.dims} does not fit data samples {data_shape}")
@@ -349,15 +347,10 @@ def _time_runs(sess, feeds: dict[str, np.ndarray], min_time: float, min_runs: in
 
 def _predict(sess, m: _Model) -> np.ndarray:
     """Top-1 predictions (argmax over the last axis of the first output) on the whole evaluation set."""
-    n = len(next(iter(m.samples.values())))
-    batch = m.fixed_batch or EVAL_BATCH
     output = sess.get_outputs()[0].name
-    preds = []
-    for start in range(0, n, batch):
-        idx = np.arange(start, start + batch) % n  # a fixed-batch model gets its last batch padded
-        out = sess.run([output], {k: v[idx] for k, v in m.samples.items()})[0]
-        preds.append(out.argmax(-1)[: n - start])
-    return np.concatenate(preds)
+    outs = run_batched(lambda feeds: sess.run([output], feeds)[0], m.samples, m.fixed_batch or EVAL_BATCH,
+                       pad=m.fixed_batch is not None)  # a fixed-batch model gets its last batch padded
+    return np.concatenate([out.argmax(-1) for out in outs])
 
 
 def _score(result: ModelResult, preds: np.ndarray, data: Dataset | None, first: np.ndarray) -> None:

@@ -63,11 +63,12 @@ from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format
 from ttcompile.planning import datafree, knapsack
-from ttcompile.planning.budget import Budget, Family, Planner, Solution, scaled_ranks, solve
+from ttcompile.planning.budget import Budget, Family, Solution, scaled_ranks, solve
 from ttcompile.planning.hull import lower_hull
 from ttcompile.planning.latency import LatencyBudget, plan_key
 from ttcompile.planning.latency_loop import closed_loop
 from ttcompile.planning.plan import Plan
+from ttcompile.planning.planner import Planner
 from ttcompile.rewrite.compress import apply_plan, rewrite_layer
 
 GREEDY_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75)

@@ -64,7 +64,8 @@ from ttcompile.errors import UserError
 from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format
 from ttcompile.planning.auto_format import relative_error
-from ttcompile.planning.budget import Budget, Family, Planner
+from ttcompile.planning.budget import Budget, Family
+from ttcompile.planning.planner import Planner
 
 TAU = (0.5, 0.03)  # sigmoid temperature in log-rank units, annealed geometrically
 ADAM_STEPS, ADAM_LR = 80, (0.15, 0.01)  # steps, learning rate on log-ranks (decayed geometrically)

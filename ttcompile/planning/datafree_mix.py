@@ -22,8 +22,9 @@ from ttcompile.layers import Layer, dense_weight
 from ttcompile.passes.base import Format, get_format
 from ttcompile.planning import datafree
 from ttcompile.planning.allocators import Context, Search
-from ttcompile.planning.budget import Budget, Planner
+from ttcompile.planning.budget import Budget
 from ttcompile.planning.plan import LayerPlan
+from ttcompile.planning.planner import Planner
 
 MIX_FORMATS = ("tucker", "cp")
 

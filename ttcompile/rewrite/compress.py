@@ -153,22 +153,41 @@ def check_plan_matches(model: ir.Model, plan: Plan) -> None:
         _check_layer_plan(lp)
 
 
-def apply_plan(model: ir.Model, plan: Plan, progress: bool = True,
-               cores: dict[str, list[np.ndarray]] | None = None) -> list[RewriteResult]:
-    """Rewrite in place. A layer that cannot be rewritten (``CANNOT_REWRITE``) is left dense and reported
-    with the reason, in its plan entry too; other exceptions are bugs and propagate.
+class CompressPass(ir.passes.InPlacePass):
+    """The onnx-ir pass that swaps every ``compress`` entry of ``plan`` for its decomposed chain.
 
-    ``cores`` maps layer names to cores to emit instead of decomposing the weight.
-    """
-    check_plan_matches(model, plan)
-    results = []
-    todo = [lp for lp in plan.layers if lp.action == "compress"]
-    for lp in tqdm(todo, desc="rewriting", unit="layer", disable=not progress or not todo):
-        try:
-            lp.error = rewrite_layer(model, lp, (cores or {}).get(lp.name))
-            results.append(RewriteResult(lp.name, True, lp.error))
-        except CANNOT_REWRITE as exc:
-            lp.action, lp.reason = "skip", f"rewrite failed: {exc}"
-            results.append(RewriteResult(lp.name, False, reason=lp.reason))
+    A layer that cannot be rewritten (``CANNOT_REWRITE``) is left dense and reported with the reason, in its
+    plan entry too (``plan`` is updated: errors, failures); other exceptions are bugs and propagate. The old
+    nodes' weights stay in the graph until a cleanup pass (``RemoveUnusedNodesPass``) removes them, as
+    ``apply_plan`` does. ``cores`` maps layer names to cores to emit instead of decomposing the weight;
+    ``results`` holds the last run's ``RewriteResult`` per planned layer. Run in a ``PassManager``, its
+    errors arrive as the cause of onnx-ir's ``PassError``."""
+
+    def __init__(self, plan: Plan, cores: dict[str, list[np.ndarray]] | None = None, progress: bool = False):
+        super().__init__()
+        self.plan, self.cores, self.progress = plan, cores or {}, progress
+        self.results: list[RewriteResult] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        check_plan_matches(model, self.plan)
+        self.results = []
+        todo = [lp for lp in self.plan.layers if lp.action == "compress"]
+        for lp in tqdm(todo, desc="rewriting", unit="layer", disable=not self.progress or not todo):
+            try:
+                lp.error = rewrite_layer(model, lp, self.cores.get(lp.name))
+                self.results.append(RewriteResult(lp.name, True, lp.error))
+            except CANNOT_REWRITE as exc:
+                lp.action, lp.reason = "skip", f"rewrite failed: {exc}"
+                self.results.append(RewriteResult(lp.name, False, reason=lp.reason))
+        return ir.passes.PassResult(model, modified=any(r.rewritten for r in self.results))
+
+
+def apply_plan(model: ir.Model, plan: Plan, progress: bool = False,
+               cores: dict[str, list[np.ndarray]] | None = None) -> list[RewriteResult]:
+    """Rewrite ``model`` in place (``CompressPass``, then onnx-ir's ``RemoveUnusedNodesPass``); returns the
+    per-layer results. The passes run one after the other rather than in a ``PassManager``, which would wrap
+    a UserError (a plan that does not fit the model) or a bug in onnx-ir's ``PassError``."""
+    rewrite = CompressPass(plan, cores, progress)
+    rewrite(model)
     RemoveUnusedNodesPass()(model)
-    return results
+    return rewrite.results

@@ -23,6 +23,7 @@ from ttcompile.layers import NON_FINITE, find_layers
 from ttcompile.paths import check_outputs
 from ttcompile.planning.plan import Plan
 from ttcompile.planning.request import PlanOptions, plan_model
+from ttcompile.protos import graph_inputs
 from ttcompile.rewrite.compress import RewriteResult, apply_plan, check_plan_layers
 from ttcompile.rewrite.gate import Verdict, enforce, floor_for, judge
 from ttcompile.rewrite.quant import chain_precision, precision_summary
@@ -173,7 +174,7 @@ def _comparison(source: Source, data: DataLike | None, calib, samples: int, inpu
         if named is not None:
             return named, os.fspath(data)
     spec = data_spec(data if data is not None else calib, "comparison data")
-    inputs = [i for i in original.graph.input if i.name not in {t.name for t in original.graph.initializer}]
+    inputs = graph_inputs(original)
     if len(inputs) != 1:
         raise OptionError(f"{opt('data')} feeds one input, the model has {len(inputs)}")
     x = calibrated.calibration_inputs(spec, original, samples)

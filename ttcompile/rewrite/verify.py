@@ -9,6 +9,7 @@ import onnx
 
 from ttcompile.errors import UserError, opt
 from ttcompile.feeds import split_feeds
+from ttcompile.protos import graph_inputs
 from ttcompile.runtime import first_line, make_session, ort_errors
 from ttcompile.shapes import fix_input_dims
 
@@ -23,11 +24,6 @@ def check_model(proto: onnx.ModelProto) -> None:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UserError(f"rewritten model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
-
-
-def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in proto.graph.initializer}
-    return [i for i in proto.graph.input if i.name not in inits]
 
 
 def random_inputs(

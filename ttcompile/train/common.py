@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from ttcompile.errors import UserError
+from ttcompile.protos import graph_inputs, run_batched
 from ttcompile.runtime import make_session
 
 if TYPE_CHECKING:
@@ -105,14 +106,13 @@ def teacher_logits(teacher: onnx.ModelProto, x: np.ndarray, batch: int = EVAL_BA
     """The teacher's first output for every sample of ``x``, with ONNX Runtime, in batches."""
     session = make_session(teacher.SerializeToString(), threads=threads)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    return np.concatenate(list(run_batched(lambda feeds: session.run(None, feeds)[0], {name: x}, batch)))
 
 
 def fit_input(data: Dataset, model: onnx.ModelProto, role: str) -> np.ndarray:
     """``data.x`` shaped for the model's only input: samples are reshaped to its static shape when the
     sizes agree (flat MNIST for a conv net and back); a fixed batch dimension is refused."""
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in inits]
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise UserError(f"the {role} model must have exactly one input, it has {len(inputs)}")
     tensor = inputs[0].type.tensor_type
@@ -181,7 +181,8 @@ def score(student_logits: Logits, data: Data) -> float | None:
     if data.x_val is None:
         return None
     x = data.x_val
-    predicted = np.concatenate([student_logits(x[i:i + EVAL_BATCH]).argmax(1) for i in range(0, len(x), EVAL_BATCH)])
+    logits = run_batched(lambda feeds: student_logits(feeds["x"]), {"x": x}, EVAL_BATCH)
+    predicted = np.concatenate([y.argmax(1) for y in logits])
     return float((predicted == data.val_target).mean())
 
 

@@ -19,6 +19,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from ttcompile.errors import UserError
+from ttcompile.protos import graph_inputs
+from ttcompile.train import shape_ops  # noqa: F401  (registers the tensor-shape operators in OPS)
 from ttcompile.train.common import FROZEN_SLOTS
 from ttcompile.train.ops import OPS, Node, OpFn
 
@@ -108,7 +110,7 @@ class OnnxModule(nn.Module):
             else:
                 self._add_const(init.name, value)
         inits = {init.name for init in graph.initializer}
-        self.input_names = [v.name for v in graph.input if v.name not in inits]
+        self.input_names = [v.name for v in graph_inputs(graph)]
         self.output_names = [v.name for v in graph.output]
         self._steps: list[_Step] = []
         for proto in _toposort(graph.node, inits | set(self.input_names)):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
 from ttcompile.train import checkpoints
 from ttcompile.train.common import (
     Data,
@@ -72,7 +72,7 @@ def _predict(module: OnnxModule) -> Callable[[np.ndarray], np.ndarray]:
 def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None = None,
              *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128, temperature: float = 4.0,
              kd_weight: float = 0.9, weight_decay: float = 0.0, seed: int = 0, checkpoint: Path | None = None,
-             resume: bool = False, progress: bool = True, hooks: Sequence[TrainHook] | None = None,
+             resume: bool = False, progress: bool = False, hooks: Sequence[TrainHook] | None = None,
              threads: int | None = None) -> tuple[onnx.ModelProto, History]:
     """Fine-tune ``student``'s float initializers to mimic ``teacher`` on ``train``.
 
@@ -126,7 +126,8 @@ def _train_epoch(module: OnnxModule, hooks: Sequence[TrainHook], optimizer, sche
             loss = loss if penalty is None else loss + penalty
         if not torch.isfinite(loss):
             raise UserError(f"training loss is {loss.item()} in epoch {epoch} (batch at sample {first}): the "
-                            "student, teacher or data has non-finite values, or --lr is too large; nothing written")
+                            f"student, teacher or data has non-finite values, or {opt('lr')} is too large; nothing "
+                            "written")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]

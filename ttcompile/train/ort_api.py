@@ -13,9 +13,9 @@ import sys
 import types
 from pathlib import Path
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
 
-MISSING = ("--backend ort needs onnxruntime-training, which is not installed: pip install "
+MISSING = (f"{opt('backend')} ort needs onnxruntime-training, which is not installed: pip install "
            "'ttcompile[ort-training]' in its own environment (it replaces onnxruntime)")
 
 

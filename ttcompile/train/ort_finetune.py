@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from ttcompile.errors import UserError
+from ttcompile.errors import UserError, opt
 from ttcompile.runtime import make_session
 from ttcompile.train import ort_checkpoints
 from ttcompile.train.common import (
@@ -128,7 +128,7 @@ class _Run:
             loss = float(self.module(*[feed[name] for name in self.inputs]))
             if not math.isfinite(loss):
                 raise UserError(f"training loss is {loss} in epoch {epoch} (batch at sample {first}): the student, "
-                                "teacher or data has non-finite values, or --lr is too large; nothing written")
+                                f"teacher or data has non-finite values, or {opt('lr')} is too large; nothing written")
             self.optimizer.step()
             self.module.lazy_reset_grad()
             loss_sum += loss * len(idx)
@@ -140,7 +140,7 @@ class _Run:
 def finetune_ort(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None = None,
                  *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128, temperature: float = 4.0,
                  kd_weight: float = 0.9, weight_decay: float = 0.0, seed: int = 0, optimizer: str = "adamw",
-                 checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
+                 checkpoint: Path | None = None, resume: bool = False, progress: bool = False,
                  threads: int | None = None, on_epoch: Callable[[EpochStats], None] | None = None,
                  ) -> tuple[onnx.ModelProto, History]:
     """Fine-tune ``student``'s trainable float32 initializers to mimic ``teacher`` on ``train`` with
