@@ -120,6 +120,14 @@ def _run_interrupted(argv: list[str], cwd: Path, after: float) -> tuple[int | No
     return proc.returncode, err, None
 
 
+def stderr_problem(err: str) -> str | None:
+    """What is wrong with a command's stderr: more than one line, or a traceback; None when clean."""
+    lines = err.strip().splitlines()
+    if len(lines) > 1 or "Traceback" in err:
+        return f"stderr has {len(lines)} lines" + (" with a traceback" if "Traceback" in err else "")
+    return None
+
+
 def run_case(case: Case, root: Path, index: int) -> Outcome:
     """Run ``case`` in a fresh output folder and judge it (see the module docstring)."""
     out = root / "out" / f"{index:04d}"
@@ -139,8 +147,8 @@ def run_case(case: Case, root: Path, index: int) -> Outcome:
     if code is not None and code not in case.expect:
         problems.append(f"exit {code}, expected {' or '.join(map(str, case.expect))}")
     lines = err.strip().splitlines()
-    if len(lines) > 1 or "Traceback" in err:
-        problems.append(f"stderr has {len(lines)} lines" + (" with a traceback" if "Traceback" in err else ""))
+    if problem := stderr_problem(err):
+        problems.append(problem)
     after = _snapshot(root / "in")
     if after != before:
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))

@@ -15,6 +15,7 @@ from ttcompile.cli import main
 from ttcompile.errors import EXIT_VERIFY
 from ttcompile.models.data import embedded
 from ttcompile.rewrite.gate import CEILING, FLOOR, FP16_FLOOR, floor_for, judge, predicted_limit
+from ttcompile.rewrite.verify import constant_outputs
 
 from graphs import gemm_model, mlp_model
 
@@ -107,3 +108,50 @@ def test_normal_compressions_of_the_shipped_model_pass(model, fmt, ratio, tmp_pa
     assert main(["compress", str(embedded(model)), "-o", str(out), "--format", fmt, "--ratio", ratio, "--quiet",
                  "--data", str(embedded("mnist_test_sample.npz"))]) == 0, capsys.readouterr().err
     assert "verification passed" in capsys.readouterr().out and out.exists()
+
+
+def _zero_last_layer(bias: float, extra_output: bool = False) -> onnx.ModelProto:
+    """mlp_model with fc2's weight zero and B2 = ``bias`` everywhere: y is that constant for every input."""
+    model = mlp_model()
+    for init in model.graph.initializer:
+        if init.name in ("W2", "B2"):
+            value = np.full_like(numpy_helper.to_array(init), bias if init.name == "B2" else 0.0)
+            init.CopyFrom(numpy_helper.from_array(value, init.name))
+    if extra_output:  # the Relu after fc1 as a second output: it does see fc1's rewrite
+        model.graph.output.append(onnx.helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, ["N", 96]))
+    return model
+
+
+@pytest.mark.parametrize("bias, why", [(0.0, "all zero"), (1.0, "all 1")])
+def test_constant_original_outputs_check_nothing_and_nothing_is_written(bias, why, tmp_path, capsys):
+    """A zero last layer makes y constant: any rewrite of fc1 compares equal, so no exactness is claimed."""
+    src, out = tmp_path / "zero.onnx", tmp_path / "o.onnx"
+    onnx.save(_zero_last_layer(bias), src)
+    rc = main(["compress", str(src), "-o", str(out), "--rank", "1000", "--force", "--allow-more-macs", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == EXIT_VERIFY
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and f"original outputs are {why} on these inputs" in err[0] and "checks nothing" in err[0]
+    assert "relative error" not in captured.out and "verification passed" not in captured.out
+    assert not out.exists() and not out.with_suffix(".plan.json").exists()
+
+
+def test_a_constant_output_beside_a_varying_one_is_named_and_the_other_decides(tmp_path, capsys):
+    src, out = tmp_path / "zero2.onnx", tmp_path / "o.onnx"
+    onnx.save(_zero_last_layer(0.0, extra_output=True), src)
+    args = ["compress", str(src), "-o", str(out), "--force", "--allow-more-macs", "--quiet"]
+    assert main([*args, "--rank", "1000"]) == 0
+    captured = capsys.readouterr().out
+    assert "output y: original outputs are all zero" in captured and "output r: relative error" in captured
+    assert "verification passed" in captured and out.exists()
+    assert main([*args, "--rank", "1", "--max-error", "1e-6"]) == EXIT_VERIFY  # r still sees a bad fc1
+
+
+def test_constant_outputs_are_floating_outputs_with_one_value():
+    ref = [{"z": np.zeros((1, 3), np.float32), "c": np.full((1, 2), 0.5, np.float32), "s": np.ones(1, np.float32),
+            "v": np.arange(3, dtype=np.float32), "label": np.zeros(4, np.int64)}]
+    assert constant_outputs(ref) == {"z": "original outputs are all zero on these inputs",
+                                     "c": "original outputs are all 0.5 on these inputs"}
+    assert not judge({"z": 0.0}, [1e-7], unchecked={"z": "zero"}).passed
+    assert not judge({"z": 0.0}, [1e-7], max_error=1.0, unchecked={"z": "zero"}).passed
+    assert judge({"z": 0.0, "v": 1e-6}, [1e-7], unchecked={"z": "zero"}).passed

@@ -66,7 +66,9 @@ def report_lines(result: Compressed) -> list[str]:
     if "calibration" in plan.settings:
         lines.append(calibrated.records_table(plan))
     lines += [f"skipped {r.name}: {r.reason}" for r in report.skipped]
-    lines += [f"output {name}: relative error {err:.3e} vs original on {report.compared_on}"
+    lines += [f"output {name}: "
+              + (f"{report.unchecked[name]}: the comparison checks nothing" if name in report.unchecked
+                 else f"relative error {err:.3e} vs original") + f" on {report.compared_on}"
               for name, err in report.output_errors.items()]
     v = report.verdict
     limit = "finite" if v.limit is None else f"<= {v.limit:.2e}"

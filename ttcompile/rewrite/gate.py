@@ -22,7 +22,8 @@ perturbations of successive layers add, so the plan predicts ``E ~ sum_l e_l``. 
 
 ``--max-error E`` replaces the limit. Trained cores (``--train``) are no longer approximations of the
 weights, so for them only ``--max-error`` (when given) and finiteness are checked. Non-finite outputs
-always fail.
+always fail. An output that is one constant on the comparison inputs (``verify.constant_outputs``, e.g.
+all zero behind a zero-weight last layer) checks nothing: when every output is such, the gate fails too.
 """
 
 from __future__ import annotations
@@ -51,10 +52,15 @@ class Verdict:
     measured: float  # largest relative output error
     limit: float | None  # None: only finiteness checked
     basis: str  # where the limit comes from
+    checks_nothing: str | None = None  # why, when no output can tell a wrong rewrite from a right one
+
+    @property
+    def within_limit(self) -> bool:
+        return math.isfinite(self.measured) and (self.limit is None or self.measured <= self.limit)
 
     @property
     def passed(self) -> bool:
-        return math.isfinite(self.measured) and (self.limit is None or self.measured <= self.limit)
+        return self.within_limit and self.checks_nothing is None
 
 
 def predicted_limit(layer_errors: list[float], floor: float = FLOOR) -> float:
@@ -72,22 +78,29 @@ def floor_for(model: onnx.ModelProto) -> float:
 
 
 def judge(output_errors: dict[str, float], layer_errors: list[float], max_error: float | None = None,
-          trained: bool = False, floor: float = FLOOR) -> Verdict:
-    """The gate's verdict on measured ``output_errors`` (per output) for a rewrite with ``layer_errors``."""
+          trained: bool = False, floor: float = FLOOR, unchecked: dict[str, str] | None = None) -> Verdict:
+    """The gate's verdict on measured ``output_errors`` (per output) for a rewrite with ``layer_errors``;
+    ``unchecked``: the outputs that are constant on the comparison inputs, name -> why."""
     measured = max(output_errors.values(), default=0.0)
     if any(not math.isfinite(v) for v in output_errors.values()):
         measured = math.nan
+    unchecked = unchecked or {}
+    nothing = next(iter(unchecked.values())) if output_errors and set(output_errors) <= set(unchecked) else None
     if max_error is not None:
-        return Verdict(measured, max_error, opt("max_error"))
+        return Verdict(measured, max_error, opt("max_error"), nothing)
     if trained:
-        return Verdict(measured, None, "trained cores: finite outputs")
+        return Verdict(measured, None, "trained cores: finite outputs", nothing)
     total = sum(layer_errors)
     return Verdict(measured, predicted_limit(layer_errors, floor),
-                   f"{FACTOR:g} x the summed layer reconstruction errors {total:.2e}, within [{floor:g}, {CEILING:g}]")
+                   f"{FACTOR:g} x the summed layer reconstruction errors {total:.2e}, within [{floor:g}, {CEILING:g}]",
+                   nothing)
 
 
 def enforce(verdict: Verdict) -> None:
     """Raise VerificationError (exit 3) unless the verdict passed."""
+    if verdict.within_limit and not verdict.passed:
+        raise VerificationError(f"{verdict.checks_nothing}: the output comparison checks nothing; nothing written "
+                                "(compare on --data where the original's outputs vary)")
     if not verdict.passed:
         limit = "finite" if verdict.limit is None else f"<= {verdict.limit:.2e} ({verdict.basis})"
         raise VerificationError(f"output error {verdict.measured:.3e} vs the original, allowed {limit}; "

@@ -27,7 +27,7 @@ from ttcompile.protos import graph_inputs
 from ttcompile.rewrite.compress import RewriteResult, apply_plan, check_plan_layers
 from ttcompile.rewrite.gate import Verdict, enforce, floor_for, judge
 from ttcompile.rewrite.quant import chain_precision, precision_summary
-from ttcompile.rewrite.verify import check_model, random_inputs, relative_errors
+from ttcompile.rewrite.verify import check_model, compare_outputs, random_inputs
 from ttcompile.sources import DataLike, Source, as_dataset, data_spec
 from ttcompile.train.settings import TrainSettings
 
@@ -55,6 +55,7 @@ class CompressReport:
     verdict: Verdict  # the gate's limit and the measured error
     weights: str  # precision of the rewritten layers' weights, e.g. "3 float32"
     chains: str  # precision of the chains' initializers
+    unchecked: dict[str, str] = field(default_factory=dict)  # outputs the comparison cannot check, and why
 
     @property
     def skipped(self) -> list[RewriteResult]:
@@ -203,11 +204,11 @@ def compress_source(source: Source, *, plan: Plan | str | os.PathLike | None = N
         results, proto = compress_in_memory(model, plan, progress=progress, cores=cores, transform=transform)
     original = source.original
     feeds, compared_on = _comparison(source, data, calib, samples, options.input_shapes)
-    errors = relative_errors(original, proto, feeds, names=(source.id.name, "the compressed model"))
+    errors, unchecked = compare_outputs(original, proto, feeds, names=(source.id.name, "the compressed model"))
     verdict = judge(errors, [r.error for r in results if r.rewritten], max_error, trained=training is not None,
-                    floor=floor_for(original))
+                    floor=floor_for(original), unchecked=unchecked)
     enforce(verdict)
     rewritten = [lp.layer for lp in plan.layers if lp.action == "compress"]
     report = CompressReport(results, errors, compared_on, verdict, precision_summary(rewritten),
-                            chain_precision(proto, [layer.name for layer in rewritten]))
+                            chain_precision(proto, [layer.name for layer in rewritten]), unchecked)
     return Compressed(source.give_back(proto), plan, report, source.path)

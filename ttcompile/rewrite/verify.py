@@ -75,13 +75,36 @@ def relative_errors(
 ) -> dict[str, float]:
     """||y - y_ref|| / ||y_ref|| per graph output over all samples of ``feeds``, in runs of the model's
     batch (not finite when the compressed output is not)."""
+    return compare_outputs(original, compressed, feeds, names)[0]
+
+
+def compare_outputs(
+    original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict[str, np.ndarray],
+    names: tuple[str, str] = ("the original model", "the compressed model"),
+) -> tuple[dict[str, float], dict[str, str]]:
+    """``relative_errors``, and the outputs that comparison cannot check (``constant_outputs``)."""
     try:
         ref, got = [run_split(p, split_feeds(original, feeds), name=n) for p, n in zip((original, compressed), names)]
     except UserError as exc:
         raise UserError(f"{exc}; so the output comparison cannot run (nothing written)") from None
     if not all(np.isfinite(v).all() for r in ref for v in r.values()):
         raise UserError(f"{names[0]}: its outputs are not finite on the comparison inputs; nothing to compare with")
-    return run_errors(ref, got)
+    return run_errors(ref, got), constant_outputs(ref)
+
+
+def constant_outputs(ref: list[dict[str, np.ndarray]]) -> dict[str, str]:
+    """Floating-point outputs whose original values are one value over all runs (all zero, or one value in
+    more than one element), so that a wrong rewrite of the layers before them goes unseen; name -> why."""
+    out = {}
+    for name in ref[0] if ref else ():
+        y = np.concatenate([r[name].ravel() for r in ref])
+        if not np.issubdtype(y.dtype, np.floating):  # labels, masks: one class for every input is an answer
+            continue
+        if y.size and not np.any(y):
+            out[name] = "original outputs are all zero on these inputs"
+        elif y.size > 1 and np.all(y == y[0]):
+            out[name] = f"original outputs are all {y[0]:.6g} on these inputs"
+    return out
 
 
 def run_errors(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, float]:
