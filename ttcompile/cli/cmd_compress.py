@@ -12,13 +12,13 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from ttcompile import modelfile
 from ttcompile.analysis import calibrated
-from ttcompile.atomic import write_files_atomic
 from ttcompile.cli.argtypes import batch_int, count_int, positive_float, threads_int
 from ttcompile.cli.cli_options import add_plan_arguments, build_plan, plan_table
 from ttcompile.errors import UserError
 from ttcompile.feeds import load_named_feeds
-from ttcompile.graph import load_model, to_proto
+from ttcompile.graph import load_model, load_proto, to_proto
 from ttcompile.layers import NON_FINITE, find_layers
 from ttcompile.paths import check_output, check_outputs
 from ttcompile.planning.allocators import add_budget_arguments, describe
@@ -93,11 +93,13 @@ def _comparison_inputs(args, original: onnx.ModelProto) -> dict:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Before any work: OUT and its plan are writable files that are none of the inputs."""
-    inputs = [("MODEL", args.model)] + [(f"--{k}", getattr(args, k, None))
-                                        for k in ("plan", "data", "train", "val", "analysis", "calib")]
+    """Before any work: OUT, its data file and its plan are writable files that are none of the inputs (nor
+    MODEL's external data)."""
+    inputs = modelfile.input_files("MODEL", args.model) + [(f"--{k}", getattr(args, k, None))
+                                                            for k in ("plan", "data", "train", "val", "analysis",
+                                                                      "calib")]
     check_output(args.output, "-o")  # a name at all, before deriving its plan's name
-    check_outputs(inputs, [("-o", args.output), ("plan of -o", plan_path(args.output))])
+    check_outputs(inputs, [*modelfile.output_files("-o", args.output), ("plan of -o", plan_path(args.output))])
 
 
 def compress_model(args: argparse.Namespace):
@@ -177,15 +179,20 @@ def compress_in_memory(model: ir.Model, plan: Plan, progress: bool = True, cores
     return results, proto
 
 
-def save_pair(proto: onnx.ModelProto, plan: Plan, out: str | Path) -> None:
-    """OUT's plan and OUT as one atomic step (both written and fsynced, then the plan renamed, then OUT)."""
-    write_files_atomic({plan_path(out): plan.to_bytes(), Path(out): proto.SerializeToString()})
+def save_pair(proto: onnx.ModelProto, plan: Plan, out: str | Path) -> list[Path]:
+    """OUT's plan and OUT (with OUT's data file when large) as one atomic step: all written and fsynced,
+    then the plan renamed, then the data, then OUT. Returns the files written."""
+    return modelfile.save(proto, out, {plan_path(out): plan.to_bytes()})
+
+
+def _kib(paths: list[Path]) -> str:
+    return f"{sum(p.stat().st_size for p in paths) / 1024:.1f}"
 
 
 def run(args: argparse.Namespace) -> int:
     check_paths(args)
     plan, results, proto = compress_model(args)
-    original = onnx.load(args.model)
+    original = load_proto(args.model)
     print(plan_table(plan))
     if "allocator" in plan.settings:
         print(describe(plan))
@@ -204,10 +211,11 @@ def run(args: argparse.Namespace) -> int:
     enforce(verdict)
     limit = "finite" if verdict.limit is None else f"<= {verdict.limit:.2e}"
     print(f"verification passed: output error {verdict.measured:.3e}, allowed {limit} ({verdict.basis})")
-    save_pair(proto, plan, args.output)
+    written = save_pair(proto, plan, args.output)
     rewritten = [lp.layer for lp in plan.layers if lp.action == "compress"]
     print(f"rewritten layers' weights were {precision_summary(rewritten)}; their chains are "
           f"{chain_precision(proto, [layer.name for layer in rewritten])}")
-    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB, input "
-          f"{Path(args.model).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")
+    data = f" with its weights in {written[-2]}" if modelfile.data_path(args.output) in written else ""
+    print(f"wrote {args.output}{data} ({_kib(written[1:])} KiB, input {_kib([Path(args.model)])} KiB) and "
+          f"{plan_path(args.output)}")
     return 0

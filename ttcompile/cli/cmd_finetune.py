@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ttcompile.cli.argtypes import batch_int, count_int, float_in, positive_float, threads_int
 from ttcompile.graph import load_model, save_model, to_proto
+from ttcompile.modelfile import input_files, output_files
 from ttcompile.paths import check_outputs
 from ttcompile.rewrite.verify import check_model
 
@@ -52,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     require(args.backend)
     src, out = Path(args.model), Path(args.output)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
-    inputs = [("MODEL", src), ("--teacher", args.teacher), ("--train", args.train), ("--val", args.val)]
-    check_outputs(inputs, [("-o", out), ("--checkpoint", checkpoint)])
+    inputs = [*input_files("MODEL", src), *input_files("--teacher", args.teacher), ("--train", args.train),
+              ("--val", args.val)]
+    check_outputs(inputs, [*output_files("-o", out), ("--checkpoint", checkpoint)])
     student, teacher = to_proto(load_model(src)), to_proto(load_model(args.teacher))
     train = load_dataset(args.train)
     val = load_dataset(args.val) if args.val else None
