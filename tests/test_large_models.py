@@ -147,3 +147,71 @@ def test_failed_write_leaves_no_partial_pair(large, tmp_path, monkeypatch):
         main(["compress", str(large), "-o", str(out), "--ratio", "0.2", "--force", "--quiet"])
     assert out.read_bytes() == b"old model" and modelfile.data_path(out).read_bytes() == b"old data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.onnx", "out.onnx.data"]
+
+
+TABLE_ROWS, WIDTH = 540_000, 1024  # a 540000 x 1024 float32 constant: 2.21 GB, over protobuf's 2 GiB
+
+
+def _write_over_2_gib(path) -> int:
+    """x (N, 1024) -> Gemm 1024->1024 (the layer to compress) -> Transpose -> MatMul(T, .) -> y (540000, N):
+    the table T (the MatMul's left operand, not a layer weight) stays dense, so the output is over 2 GiB too.
+    T is streamed into ``path``.data in slices (never one proto or array holding it). Returns its bytes."""
+    rng = np.random.default_rng(0)
+    with open(modelfile.data_path(path), "wb") as data:
+        for _ in range(0, TABLE_ROWS, 60_000):
+            data.write((rng.standard_normal((60_000, WIDTH), dtype=np.float32) * np.float32(0.03)).tobytes())
+    table = onnx.TensorProto(name="T", data_type=TensorProto.FLOAT, dims=[TABLE_ROWS, WIDTH])
+    table.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", modelfile.data_path(path).name), ("offset", 0),
+                       ("length", TABLE_ROWS * WIDTH * 4)):
+        table.external_data.add(key=key, value=str(value))
+    w = numpy_helper.from_array((rng.standard_normal((WIDTH, WIDTH)) / 32).astype(np.float32), "W")
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], name="fc", transB=1),
+             helper.make_node("Transpose", ["h"], ["ht"], name="t", perm=[1, 0]),
+             helper.make_node("MatMul", ["T", "ht"], ["y"], name="lookup")]
+    graph = helper.make_graph(nodes, "over2g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [TABLE_ROWS, "N"])], [table, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return TABLE_ROWS * WIDTH * 4 + w.ByteSize()
+
+
+def _run_measured(args: list[str], cwd) -> tuple[int, float, float, str]:
+    """``ttcompile ARGS`` in a child process: (exit code, peak RSS in GiB, wall seconds, stdout + stderr)."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "ttcompile.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_maxrss / 2 ** 20, time.perf_counter() - start, out
+
+
+@pytest.mark.slow
+def test_inspect_and_compress_a_model_over_2_gib(tmp_path):
+    """A real 2.21 GB model: inspect and compress exit 0, the output (also over 2 GiB) goes with its data file,
+    and no process holds much more than the weights once."""
+    path, result = tmp_path / "big.onnx", tmp_path / "small.onnx"
+    try:
+        weights = _write_over_2_gib(path)
+        assert weights > 2 ** 31 > modelfile.LARGE_BYTES
+        code, rss, seconds, out = _run_measured(["inspect", str(path), "--ratio", "0.01"], tmp_path)
+        print(f"inspect: exit {code}, peak RSS {rss:.2f} GiB, {seconds:.0f} s")
+        assert code == 0, out
+        assert "fc " in out and "lookup" in out
+        code, rss, seconds, out = _run_measured(["compress", str(path), "--format", "tt", "--ratio", "0.01",
+                                                 "--allow-more-macs", "-o", str(result), "--quiet"], tmp_path)
+        print(f"compress: exit {code}, peak RSS {rss:.2f} GiB, {seconds:.0f} s\n{out}")
+        assert code == 0, out
+        assert "verification passed" in out and f"with its weights in {result}.data" in out
+        assert rss < 2.5 * weights / 2 ** 30
+        onnx.checker.check_model(str(result), full_check=True)
+        assert modelfile.data_path(result).stat().st_size > 2 ** 31
+    finally:
+        for p in tmp_path.iterdir():
+            p.unlink()

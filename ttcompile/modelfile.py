@@ -124,14 +124,19 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike,
     return targets
 
 
+def write(proto: onnx.ModelProto, path: Path) -> None:
+    """``proto`` at ``path``, with ``data_path(path)`` when large; not atomic: for temporary folders."""
+    if total_bytes(proto) > LARGE_BYTES:
+        _write_pair(proto, path, data_path(path), data_path(path).name)
+    else:
+        path.write_bytes(_inline_bytes(proto))
+
+
 @contextlib.contextmanager
 def temporary_file(proto: onnx.ModelProto) -> Iterator[Path]:
-    """``proto`` written to a temporary folder (with external data when large), removed afterwards; for
-    tools that read a model by path (onnx.checker, ONNX Runtime)."""
+    """``proto`` written to a temporary folder (``write``), removed afterwards; for tools that read a model
+    by path (onnx.checker, ONNX Runtime)."""
     with tempfile.TemporaryDirectory(prefix="ttcompile-model-") as folder:
         path = Path(folder) / "model.onnx"
-        if total_bytes(proto) > LARGE_BYTES:
-            _write_pair(proto, path, data_path(path), data_path(path).name)
-        else:
-            path.write_bytes(_inline_bytes(proto))
+        write(proto, path)
         yield path

@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"rewritten layers' weights were {precision_summary(rewritten)}; their chains are "
           f"{chain_precision(proto, [layer.name for layer in rewritten])}")
     data = f" with its weights in {written[-2]}" if modelfile.data_path(args.output) in written else ""
-    print(f"wrote {args.output}{data} ({_kib(written[1:])} KiB, input {_kib([Path(args.model)])} KiB) and "
+    inputs = [p for _, p in modelfile.input_files("MODEL", args.model)]
+    print(f"wrote {args.output}{data} ({_kib(written[1:])} KiB, input {_kib(inputs)} KiB) and "
           f"{plan_path(args.output)}")
     return 0

@@ -40,7 +40,9 @@ from pathlib import Path
 import onnx
 from tqdm import tqdm
 
+from ttcompile import modelfile
 from ttcompile.atomic import write_bytes_atomic
+from ttcompile.graph import load_proto
 from ttcompile.layers import Layer
 from ttcompile.planning.plan import LayerPlan, file_sha256
 from ttcompile.runtime import provider_name, require_onnxruntime
@@ -161,7 +163,7 @@ class LatencyTable:
         with tempfile.TemporaryDirectory() as tmp:
             paths = [Path(tmp) / f"m{i}.onnx" for i in range(len(protos))]
             for p, proto in zip(paths, protos):
-                onnx.save(proto, p)
+                modelfile.write(proto, p)
             out = self.timer(paths, self.env, min_time)
         self.measured += 1
         self._bar.update()
@@ -191,7 +193,7 @@ class LatencyTable:
         groups = {layer_group(lay): lay for lay in layers}
         ref = self.models.get(key)
         if ref is None or not set(groups) <= set(ref["dense_ms"]):
-            times = self._time([onnx.load(path), *(dense_model(lay, self.env.batch) for lay in groups.values())],
+            times = self._time([load_proto(path), *(dense_model(lay, self.env.batch) for lay in groups.values())],
                                REFERENCE_MIN_TIME_S)
             ref = self.models[key] = {"model_ms": times[0], "dense_ms": dict(zip(groups, times[1:]))}
             self.save()
