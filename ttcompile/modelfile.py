@@ -36,8 +36,8 @@ def input_files(option: str, path: str | os.PathLike | None) -> list[tuple[str, 
     """``(option, path)`` and ``(option's external data, file)`` for each data file the model at ``path``
     reads, for ``paths.check_outputs``; a file that cannot be read as a model lists only itself (loading it
     reports why later)."""
-    if path is None:
-        return [(option, None)]
+    if path is None or not os.path.isfile(path):  # never read a FIFO or device here
+        return [(option, None if path is None else Path(path))]
     try:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except Exception:  # not a model at all: load_model says so
@@ -77,7 +77,9 @@ def _inline_bytes(proto: onnx.ModelProto) -> bytes:
         return proto.SerializeToString()
     model = ir.from_proto(proto)
     ir.external_data.load_to_model(model)
-    return ir.to_proto(model).SerializeToString()
+    out = ir.to_proto(model)
+    _refuse_stray_external(out, set())
+    return out.SerializeToString()
 
 
 def _write_pair(proto: onnx.ModelProto, model_file: Path, data_file: Path, location: str) -> None:
@@ -87,11 +89,21 @@ def _write_pair(proto: onnx.ModelProto, model_file: Path, data_file: Path, locat
     ir.external_data.unload_from_model(model, data_file.parent, data_file.name,
                                        size_threshold_bytes=EXTERNAL_MIN_BYTES)
     out = ir.to_proto(model)
+    _refuse_stray_external(out, {data_file.name})
     for tensor in external_tensors(out.graph):
         for entry in tensor.external_data:
             if entry.key == "location":
                 entry.value = location
     model_file.write_bytes(out.SerializeToString())
+
+
+def _refuse_stray_external(proto: onnx.ModelProto, allowed: set[str]) -> None:
+    """UserError when a tensor of ``proto`` still reads external data other than ``allowed`` (onnx-ir moves
+    initializers only; a node attribute's external tensor would be left pointing at the input)."""
+    for tensor in external_tensors(proto.graph):
+        if _entry(tensor, "location") not in allowed:
+            raise UserError(f"tensor {tensor.name!r}: external data in a node attribute cannot be written; "
+                            "store it as an initializer")
 
 
 def _refuse_own_data(proto: onnx.ModelProto, target: Path) -> None:
