@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import onnx
-
-from ttcompile import modelfile
 from ttcompile.errors import UserError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -57,7 +54,9 @@ def make_session(model, provider: str = "cpu", threads: int | None = None, name:
 
     When onnxruntime refuses the model, a UserError names it (``name``, else the path) and says why.
     """
-    if isinstance(model, onnx.ModelProto):
+    if not isinstance(model, (str, bytes)):  # a ModelProto
+        from ttcompile import modelfile  # not at import: the CLI loads this module before it handles Ctrl-C
+
         if not modelfile.needs_file(model):
             return make_session(model.SerializeToString(), provider, threads, name)
         with modelfile.temporary_file(model) as path:
