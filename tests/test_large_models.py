@@ -178,7 +178,8 @@ def _write_over_2_gib(path) -> int:
 
 
 def _run_measured(args: list[str], cwd) -> tuple[int, float, float, str]:
-    """``ttcompile ARGS`` in a child process: (exit code, peak RSS in GiB, wall seconds, stdout + stderr)."""
+    """``ttcompile ARGS`` in a child process: (exit code, peak RSS in GiB, wall seconds, stdout + stderr). The
+    RSS is an upper bound: Linux carries the forking process's high-water mark across exec."""
     import subprocess
     import sys
     import time
