@@ -28,6 +28,11 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _tensors(g)
 
 
+def external_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """The tensors of ``graph`` (and its subgraphs) whose data is stored outside the model."""
+    return (t for t in _tensors(graph) if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
 def _entry(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
@@ -49,9 +54,7 @@ def check_external_data(path: Path, model: onnx.ModelProto) -> None:
     without its external data) is safe to read: a relative location inside the model's folder, no
     symbolic link on the way, a regular file, and ``offset + length`` within it."""
     folder = Path(os.path.realpath(path.parent))
-    for tensor in _tensors(model.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
+    for tensor in external_tensors(model.graph):
         info, name = _entry(tensor), tensor.name
         location = info.get("location", "")
         if not location or os.path.isabs(location) or ".." in Path(location).parts:

@@ -1,4 +1,4 @@
-"""ONNX Runtime flavour checks: which package is installed and which execution providers it offers."""
+"""ONNX Runtime: which package is installed, which execution providers it offers, and sessions."""
 
 from __future__ import annotations
 
@@ -48,10 +48,19 @@ def first_line(exc: BaseException) -> str:
 
 
 def make_session(model, provider: str = "cpu", threads: int | None = None, name: str | None = None):
-    """Create an InferenceSession for a path or serialized bytes on one provider.
+    """Create an InferenceSession for a path, serialized bytes or a ModelProto on one provider: the one
+    way ttcompile opens sessions. A proto that cannot travel as bytes (over 2 GiB, or reading external
+    data, see ``ttcompile.modelfile``) is written to a temporary folder and opened from there.
 
     When onnxruntime refuses the model, a UserError names it (``name``, else the path) and says why.
     """
+    if not isinstance(model, (str, bytes)):  # a ModelProto
+        from ttcompile import modelfile  # not at import: the CLI loads this module before it handles Ctrl-C
+
+        if not modelfile.needs_file(model):
+            return make_session(model.SerializeToString(), provider, threads, name)
+        with modelfile.temporary_file(model) as path:
+            return make_session(str(path), provider, threads, name or "the model")
     ort = require_onnxruntime()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

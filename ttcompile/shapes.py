@@ -20,7 +20,9 @@ def fix_input_dims(
     same symbol elsewhere too); any other dynamic dim must be given in ``input_shapes``
     (name -> full shape), else a UserError names the input.
     """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # not via bytes: those are limited to 2 GiB
+    model = copy
     input_shapes = dict(input_shapes or {})
     for inp in graph_inputs(model):
         if not inp.type.HasField("tensor_type"):

@@ -20,7 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from ttcompile.errors import UserError
-from ttcompile.graph import load_model, normalize_proto, to_proto
+from ttcompile.graph import load_model, load_proto, normalize_proto, to_proto
 from ttcompile.models.data import Dataset, load_dataset
 
 ModelLike = str | os.PathLike | onnx.ModelProto | ir.Model
@@ -84,7 +84,7 @@ def resolve_model(model: ModelLike) -> Source:
     """Read, check and normalise ``model`` like ``graph.load_model`` does a file (UserError naming it)."""
     if isinstance(model, (str, os.PathLike)):
         model_ir = load_model(model)  # UserError naming the file when unreadable
-        return Source(model_ir, model_id(model), Path(model), onnx.ModelProto, onnx.load(os.fspath(model)))
+        return Source(model_ir, model_id(model), Path(model), onnx.ModelProto, load_proto(model))
     if isinstance(model, ir.Model):
         proto, kind = to_proto(model), ir.Model
     elif isinstance(model, onnx.ModelProto):

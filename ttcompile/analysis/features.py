@@ -205,14 +205,14 @@ def find_probes(model: ir.Model, layers: list[Layer]) -> list[Probe]:
     ]
 
 
-def probe_model(model: ir.Model, values: list[str]) -> bytes:
-    """Serialized copy of ``model`` whose outputs are its own followed by ``values`` (each once)."""
+def probe_model(model: ir.Model, values: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are its own followed by ``values`` (each once)."""
     proto = to_proto(model)
     have = {o.name for o in proto.graph.output}
     for name in dict.fromkeys(values):
         if name not in have:
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    return proto.SerializeToString()
+    return proto
 
 
 # ---- pooling ------------------------------------------------------------------------------------
@@ -258,13 +258,13 @@ def embed(a: np.ndarray, channels_first: bool, target: int = EMBEDDING_TARGET) -
 class BatchRunner:
     """One ORT session over calibration inputs, fed ``batch`` samples at a time (bounded memory)."""
 
-    def __init__(self, model_bytes: bytes, inp: ModelInput, outputs: list[str], batch: int = 256):
+    def __init__(self, model: onnx.ModelProto, inp: ModelInput, outputs: list[str], batch: int = 256):
         if batch < 1:
             raise UserError(f"batch size {batch} must be at least 1")
         if inp.fixed_batch is not None and inp.fixed_batch > MAX_BATCH:
             raise UserError(f"input {inp.name!r} has a fixed batch of {inp.fixed_batch} samples, more than the "
                             f"{MAX_BATCH} a run may take")
-        self.session = make_session(model_bytes)
+        self.session = make_session(model)
         self.input, self.outputs = inp.name, outputs
         self.static = inp.fixed_batch is not None  # a static batch dim takes exactly that many samples
         self.batch = inp.fixed_batch or batch
@@ -292,7 +292,7 @@ class BatchRunner:
 def predict(proto: onnx.ModelProto, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """Top-1 class ``(N,)`` of the model's first output on ``x``, ``batch`` samples per run."""
     name = proto.graph.output[0].name
-    runner = BatchRunner(proto.SerializeToString(), model_input(proto), [name], batch)
+    runner = BatchRunner(proto, model_input(proto), [name], batch)
     pred = np.empty(len(x), dtype=np.int64)
     for idx, out in runner.batches(x, np.arange(len(x))):
         pred[idx] = np.argmax(out[name], axis=1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from math import ceil, prod
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
@@ -152,13 +153,13 @@ class Moments:
         return Moments(cc, self.co / d, self.oo / d, self.rows, True)
 
 
-def restrict_outputs(model: ir.Model, values: list[str]) -> bytes:
-    """Serialized copy of ``model`` whose only outputs are ``values``: ORT prunes what they do not need."""
+def restrict_outputs(model: ir.Model, values: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose only outputs are ``values``: ORT prunes what they do not need."""
     proto = to_proto(model)
     del proto.graph.output[:]
     for name in dict.fromkeys(values):
         proto.graph.output.add(name=name)
-    return proto.SerializeToString()
+    return proto
 
 
 def accumulate(original: ir.Model, layers: list[Layer], x: np.ndarray, inp: ModelInput,

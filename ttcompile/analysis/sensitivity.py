@@ -242,7 +242,7 @@ def _run(sub: onnx.ModelProto, inputs: dict[str, np.ndarray], fixed: dict[str, n
     """Outputs of ``sub`` on ``inputs`` (and the ``fixed`` values), batch by batch. A static batch dim is fed
     exactly; with fixed values (which may encode the batch size) every run gets ``batch`` samples. The last
     batch is padded then."""
-    sess = make_session(sub.SerializeToString())
+    sess = make_session(sub)
     dims = sess.get_inputs()[0].shape
     static = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
     yield from run_batched(lambda feeds: sess.run([output], {**feeds, **fixed})[0], inputs, static or batch,

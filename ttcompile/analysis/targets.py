@@ -127,7 +127,7 @@ def make_targets(calib: Calibration, proto, *, batch: int = 256, pseudo_classes:
     if calib.y is not None:
         return Targets("labels", calib.y, calib.n_classes, "given")
     name = proto.graph.output[0].name
-    runner = BatchRunner(proto.SerializeToString(), model_input(proto), [name], batch)
+    runner = BatchRunner(proto, model_input(proto), [name], batch)
     outputs = [out[name] for _, out in runner.batches(calib.x, np.arange(len(calib.x)), progress)]
     axis = _time_axis(runner, calib.x, name) if outputs[0].ndim == 3 else 1
     o = np.concatenate(outputs, axis=1 - axis if outputs[0].ndim == 3 else 0)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 import ttcompile
+from ttcompile import modelfile
 from ttcompile.analysis import calibrated
 from ttcompile.cli.argtypes import batch_int, positive_float
 from ttcompile.cli.cli_options import add_plan_arguments, plan_kwargs, plan_table
@@ -43,11 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Before any work: OUT and its plan are writable files that are none of the inputs."""
-    inputs = [("MODEL", args.model)] + [(f"--{k}", getattr(args, k, None))
-                                        for k in ("plan", "data", "train", "val", "analysis", "calib")]
+    """Before any work: OUT, its data file and its plan are writable files that are none of the inputs (nor
+    MODEL's external data)."""
+    inputs = modelfile.input_files("MODEL", args.model) + [(f"--{k}", getattr(args, k, None))
+                                                            for k in ("plan", "data", "train", "val", "analysis",
+                                                                      "calib")]
     check_output(args.output, "-o")  # a name at all, before deriving its plan's name
-    check_outputs(inputs, [("-o", args.output), ("plan of -o", plan_path(args.output))])
+    check_outputs(inputs, [*modelfile.output_files("-o", args.output), ("plan of -o", plan_path(args.output))])
 
 
 def compress(args: argparse.Namespace) -> Compressed:
@@ -76,12 +79,18 @@ def report_lines(result: Compressed) -> list[str]:
     return lines
 
 
+def _kib(paths: list[Path]) -> str:
+    return f"{sum(p.stat().st_size for p in paths) / 1024:.1f}"
+
+
 def run(args: argparse.Namespace) -> int:
     check_paths(args)
     result = compress(args)
     print("\n".join(report_lines(result)))
     result.save(args.output)
     print(f"rewritten layers' weights were {result.report.weights}; their chains are {result.report.chains}")
-    print(f"wrote {args.output} ({Path(args.output).stat().st_size / 1024:.1f} KiB, input "
-          f"{Path(args.model).stat().st_size / 1024:.1f} KiB) and {plan_path(args.output)}")
+    written = modelfile.model_files(result.proto(), args.output)
+    data = f" with its weights in {written[0]}" if len(written) > 1 else ""
+    inputs = [p for _, p in modelfile.input_files("MODEL", args.model)]
+    print(f"wrote {args.output}{data} ({_kib(written)} KiB, input {_kib(inputs)} KiB) and {plan_path(args.output)}")
     return 0

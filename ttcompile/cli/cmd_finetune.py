@@ -8,6 +8,7 @@ from pathlib import Path
 import ttcompile
 from ttcompile.cli.argtypes import batch_int, count_int, float_in, positive_float, threads_int
 from ttcompile.graph import save_model
+from ttcompile.modelfile import input_files, output_files
 from ttcompile.paths import check_outputs
 
 
@@ -37,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     src, out = Path(args.model), Path(args.output)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
-    inputs = [("MODEL", src), ("--teacher", args.teacher), ("--train", args.train), ("--val", args.val)]
-    check_outputs(inputs, [("-o", out), ("--checkpoint", checkpoint)])
+    inputs = [*input_files("MODEL", src), *input_files("--teacher", args.teacher), ("--train", args.train),
+              ("--val", args.val)]
+    check_outputs(inputs, [*output_files("-o", out), ("--checkpoint", checkpoint)])
     if args.resume and checkpoint.exists():
         print(f"resuming from {checkpoint}")
     result = ttcompile.finetune(

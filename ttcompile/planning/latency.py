@@ -44,6 +44,7 @@ from pathlib import Path
 import onnx
 from tqdm import tqdm
 
+from ttcompile import modelfile
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.layers import Layer
 from ttcompile.planning.plan import LayerPlan
@@ -171,7 +172,7 @@ class LatencyTable:
         with tempfile.TemporaryDirectory() as tmp:
             paths = [Path(tmp) / f"m{i}.onnx" for i in range(len(protos))]
             for p, proto in zip(paths, protos):
-                onnx.save(proto, p)
+                modelfile.write(proto, p)
             out = self.timer(paths, self.env, min_time)
         self.measured += 1
         self._bar.update()

@@ -15,8 +15,8 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from ttcompile import modelfile
 from ttcompile.analysis import calibrated
-from ttcompile.atomic import write_files_atomic
 from ttcompile.errors import OptionError, UserError, opt
 from ttcompile.feeds import load_named_feeds
 from ttcompile.layers import NON_FINITE, find_layers
@@ -84,14 +84,16 @@ class Compressed:
         """Write the model to ``path`` and its plan beside it (``path`` with suffix ``.plan.json``) as one
         atomic pair; refuses a path that is the input model or not a writable file name."""
         out = Path(path)
-        check_outputs([("the input model", self.source)], [("output", out), ("its plan", plan_path(out))])
+        check_outputs(modelfile.input_files("the input model", self.source),
+                      [*modelfile.output_files("output", out), ("its plan", plan_path(out))])
         save_pair(self.proto(), self.plan, out)
         return out
 
 
-def save_pair(proto: onnx.ModelProto, plan: Plan, out: str | os.PathLike) -> None:
-    """OUT's plan and OUT as one atomic step (both written and fsynced, then the plan renamed, then OUT)."""
-    write_files_atomic({plan_path(out): plan.to_bytes(), Path(out): proto.SerializeToString()})
+def save_pair(proto: onnx.ModelProto, plan: Plan, out: str | os.PathLike) -> list[Path]:
+    """OUT's plan and OUT (with OUT's data file when large, ``ttcompile.modelfile``) as one atomic step: all
+    written and fsynced, then the plan renamed, then the data, then OUT. Returns the files written."""
+    return modelfile.save(proto, out, {plan_path(out): plan.to_bytes()})
 
 
 def _given_plan(source: Source, plan: Plan | str | os.PathLike, input_shapes: dict | None) -> Plan:

@@ -7,6 +7,7 @@ from math import prod
 import numpy as np
 import onnx
 
+from ttcompile import modelfile
 from ttcompile.errors import UserError, opt
 from ttcompile.feeds import split_feeds
 from ttcompile.protos import graph_inputs
@@ -19,9 +20,14 @@ _NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.flo
 
 
 def check_model(proto: onnx.ModelProto) -> None:
-    """Full checker (incl. strict shape inference); raises UserError with the first message line."""
+    """Full checker (incl. strict shape inference), by path for a proto that cannot travel as bytes;
+    raises UserError with the first message line."""
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        if modelfile.needs_file(proto):
+            with modelfile.temporary_file(proto) as path:
+                onnx.checker.check_model(str(path), full_check=True)
+        else:
+            onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UserError(f"rewritten model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
 
@@ -59,7 +65,7 @@ def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], provider: str = "c
 def run_split(proto: onnx.ModelProto, feed_list, provider: str = "cpu",
               name: str = "the model") -> list[dict[str, np.ndarray]]:
     """Outputs of one session for each feed dict of ``feed_list`` (e.g. ``feeds.split_feeds``)."""
-    sess = make_session(proto.SerializeToString(), provider, name=name)
+    sess = make_session(proto, provider, name=name)
     names = [o.name for o in sess.get_outputs()]
     try:
         outs = [dict(zip(names, sess.run(names, feeds))) for feeds in feed_list]

@@ -104,7 +104,7 @@ def trainable_initializers(model: onnx.ModelProto) -> list[str]:
 def teacher_logits(teacher: onnx.ModelProto, x: np.ndarray, batch: int = EVAL_BATCH,
                    threads: int | None = None) -> np.ndarray:
     """The teacher's first output for every sample of ``x``, with ONNX Runtime, in batches."""
-    session = make_session(teacher.SerializeToString(), threads=threads)
+    session = make_session(teacher, threads=threads)
     name = session.get_inputs()[0].name
     return np.concatenate(list(run_batched(lambda feeds: session.run(None, feeds)[0], {name: x}, batch)))
 

@@ -62,7 +62,7 @@ def write_back(model: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
 
 def predictor(model: onnx.ModelProto, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """``model``'s first output as a function of its only input, in ONNX Runtime inference."""
-    session = make_session(model.SerializeToString(), threads=threads, name="the student")
+    session = make_session(model, threads=threads, name="the student")
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
