@@ -24,6 +24,7 @@ from ttcompile.analysis.lwiq import Analysis
 from ttcompile.analysis.sensitivity import CURVE_SAMPLES
 from ttcompile.benchmark.bench import BenchReport
 from ttcompile.errors import OptionError, opt
+from ttcompile.graph import to_proto
 from ttcompile.planning.budget import Budget
 from ttcompile.planning.plan import Plan
 from ttcompile.planning.request import LatencyOptions, PlanOptions, plan_model
@@ -153,7 +154,7 @@ def finetune(model: ModelLike, teacher: ModelLike, train: DataLike, *, val: Data
     val_set = None if val is None else as_dataset(val, "validation data")
     metric = "accuracy" if val_set is not None and val_set.y is not None else "agreement"
     tuned, history = run(
-        ir.to_proto(student.model), ir.to_proto(teach.model), train_set, val_set, epochs=epochs, lr=lr,
+        to_proto(student.model), to_proto(teach.model), train_set, val_set, epochs=epochs, lr=lr,
         batch_size=batch_size, temperature=temperature, kd_weight=kd_weight, weight_decay=weight_decay, seed=seed,
         checkpoint=None if checkpoint is None else Path(checkpoint), resume=resume, progress=progress,
         on_epoch=epoch_logger(epochs, metric), threads=threads, backend=backend)
@@ -183,7 +184,7 @@ def _on_disk(model: ModelLike, folder: Path, name: str) -> Path:
     """A path to ``model``: its own, or a file in ``folder`` holding its serialisation."""
     if isinstance(model, (str, os.PathLike)):
         return Path(model)
-    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    proto = to_proto(model) if isinstance(model, ir.Model) else model
     if not isinstance(proto, onnx.ModelProto):
         raise OptionError(f"a model to bench is a path, an onnx.ModelProto or an onnx_ir.Model, "
                           f"not {type(model).__name__}")

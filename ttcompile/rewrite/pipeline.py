@@ -19,6 +19,7 @@ from ttcompile import modelfile
 from ttcompile.analysis import calibrated
 from ttcompile.errors import OptionError, UserError, opt
 from ttcompile.feeds import load_named_feeds
+from ttcompile.graph import to_proto
 from ttcompile.layers import NON_FINITE, find_layers
 from ttcompile.paths import check_outputs
 from ttcompile.planning.plan import Plan
@@ -78,7 +79,7 @@ class Compressed:
     source: Path | None = None  # the input file, which save never overwrites
 
     def proto(self) -> onnx.ModelProto:
-        return self.model if isinstance(self.model, onnx.ModelProto) else ir.to_proto(self.model)
+        return self.model if isinstance(self.model, onnx.ModelProto) else to_proto(self.model)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to ``path`` and its plan beside it (``path`` with suffix ``.plan.json``) as one
@@ -127,7 +128,7 @@ def compress_in_memory(model: ir.Model, plan: Plan, progress: bool = False, core
     check_some_compressed(plan)
     results = apply_plan(model, plan, progress=progress, cores=cores)
     check_some_rewritten(plan, results)
-    proto = ir.to_proto(model)
+    proto = to_proto(model)
     if transform is not None:
         proto = transform(proto)
     check_model(proto)
@@ -158,7 +159,7 @@ def _train(source: Source, plan: Plan, t: Training, progress: bool) -> tuple[Pla
     require("torch")
     from ttcompile.train.rank_select import compress_and_train
 
-    dense = ir.to_proto(source.model)
+    dense = to_proto(source.model)
     outcome = compress_and_train(dense, dense, plan, train, val, t.settings, progress=progress)
     check_some_rewritten(outcome.plan, outcome.results)
     check_model(outcome.model)
