@@ -292,6 +292,6 @@ def budget_checks(bench_report, plans: dict[int, dict]) -> list[str]:
         lines.append(f"{name}: latency budget at batch {b}: predicted {lat['predicted_ms']:.4g} ms "
                      f"({lat['predicted_ms'] / lat['model_ms']:.3f} of the original's {lat['model_ms']:.4g} ms at "
                      f"compress time), measured {comp:.4g} ms ({comp / orig:.3f} of the original's {orig:.4g} ms "
-                     f"here; predicted/measured {lat['predicted_ms'] / comp:.3f}): target {goal:.3f} of the "
-                     f"original {'met' if met else 'NOT met'}")
+                     f"here; predicted/measured fraction {lat['predicted_ms'] / lat['model_ms'] / (comp / orig):.3f}"
+                     f"): target {goal:.3f} of the original {'met' if met else 'NOT met'}")
     return lines
