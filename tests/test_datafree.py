@@ -158,3 +158,12 @@ def test_auto_budget_needs_datafree(tmp_path, capsys):
                  "--modes", "cp2=2x4:2x4", "-o", str(tmp_path / "out.onnx")]) == 2
     assert "--modes" in capsys.readouterr().err
 
+
+
+def test_auto_refuses_a_latency_budget_in_one_line(tmp_path, capsys):
+    path = mix_model(tmp_path / "mix.onnx")
+    out = tmp_path / "out.onnx"
+    assert main(["compress", path, "--format", "auto", "--budget", "params=0.2,latency=0.8", "--allocator",
+                 "datafree", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--format auto takes params/macs budgets, not latency" in err[0] and not out.exists()

@@ -143,6 +143,9 @@ def _budgeted(source: Source, layers: list[Layer], o: PlanOptions, progress: boo
                           "only lifts a latency budget's measured guard); give one or the other")
     if o.format == "auto" and (o.allocator or "lwiq") != "datafree":
         raise OptionError(f"{opt('format')} auto with {opt('budget')} needs {opt('allocator')} datafree")
+    if o.format == "auto" and budget.latency is not None:  # its relaxed format choice models params/MACs only
+        raise OptionError(f"{opt('format')} auto takes params/macs budgets, not latency: give {opt('format')} "
+                          "tucker or cp with a latency budget")
     fmt, name = _format(o.format), o.allocator or "lwiq"
     ctx = Context(source.id.name, source.id.sha256, layers, fmt, o.modes, o.allow_more_macs, model=source.model,
                   batch=o.calib_batch, progress=progress, lwiq_weights=o.lwiq_weights)
