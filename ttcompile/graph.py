@@ -53,24 +53,23 @@ def normalize_proto(proto: onnx.ModelProto, name: str, large_file: Path | None =
     """Check ``proto`` (UserError naming ``name``) and normalise it as ``load_model`` does; ``proto`` itself
     is consumed (the returned model may share its tensors). ``large_file``: the file of a large model whose
     external data stays in its files (checked by path, tensors pinned to absolute locations)."""
-    large, path = large_file is not None, large_file
     if not proto.graph.node:
         raise UserError(f"{name}: not an ONNX model (empty graph)")
     bad = _invalid_text(proto)
     if bad:
         raise UserError(f"{name}: invalid UTF-8 in a {bad[0]} ({bad[1]!r}); the file is damaged")
     try:
-        onnx.checker.check_model(str(path) if large else proto)
+        onnx.checker.check_model(proto if large_file is None else str(large_file))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{name}: invalid ONNX model: {first}") from exc
     model = ir.from_proto(proto)
-    if large:
-        ir.external_data.set_base_dir(model.graph, os.path.realpath(path.parent))
+    if large_file is not None:
+        ir.external_data.set_base_dir(model.graph, os.path.realpath(large_file.parent))
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     fold_constant_identities(model)
     NameFixPass()(model)
-    if large:
+    if large_file is not None:
         _pin_external(model)
     return model
 

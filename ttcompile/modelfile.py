@@ -122,15 +122,15 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike,
     ``path``). Returns the paths written, model last. A failure leaves no file created or changed."""
     path, companions = Path(path), dict(companions or {})
     files = model_files(proto, path)
-    large, data = len(files) > 1, files[0]
     targets = [*map(Path, companions), *files]
+    large = len(files) > 1  # files = [data, model]
     if large:
-        _refuse_own_data(proto, data)
+        _refuse_own_data(proto, files[0])
     with atomic_paths(*targets) as tmps:
         for tmp, content in zip(tmps, companions.values()):
             tmp.write_bytes(content)
         if large:
-            _write_pair(proto, tmps[-1], tmps[-2], data.name)
+            _write_pair(proto, tmps[-1], tmps[-2], files[0].name)
         else:
             tmps[-1].write_bytes(_inline_bytes(proto))
     return targets

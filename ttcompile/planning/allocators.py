@@ -50,6 +50,7 @@ import time
 from abc import ABC, abstractmethod
 from copy import deepcopy
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -342,15 +343,19 @@ class Search:
                     "search_time_s": round(self.time_s + solve_s, 4), "solve_time_s": round(solve_s, 4), **self.info}
         return Plan(self.ctx.model_path, self.ctx.model_sha256, settings, plans)
 
+    @cached_property
+    def _original(self) -> onnx.ModelProto:
+        """The model as one proto, serialised once for all of the closed loop's rewrites."""
+        return to_proto(self.ctx.model)
+
     def _measure(self, sol: Solution, samples: int) -> tuple[float, str]:
         """Whole-model latency of ``sol`` (weight cores) over the original's, timed interleaved (median of
         ``samples`` timings), and the plan's key."""
         def build() -> tuple[onnx.ModelProto, onnx.ModelProto]:
-            original = to_proto(self.ctx.model)
-            compressed = ir.from_proto(original)
+            compressed = ir.from_proto(self._original)
             apply_plan(compressed, Plan(self.ctx.model_path, self.ctx.model_sha256, {}, deepcopy(sol.plans)),
                        progress=False)
-            return original, to_proto(compressed)
+            return self._original, to_proto(compressed)
 
         table = self.planner.latency.table
         return table.ratio(self.ctx.model_sha256, sol.plans, build, samples), plan_key(sol.plans)
