@@ -20,6 +20,7 @@ from ttcompile.planning.allocators import Context, search
 from ttcompile.planning.auto_format import relative_error
 from ttcompile.planning.budget import Budget
 from ttcompile.planning.datafree import Objective, layer_model
+from ttcompile.planning.datafree_mix import ByLayer
 from ttcompile.sources import file_sha256
 
 from graphs import _model, conv_model, gemm_model
@@ -160,10 +161,35 @@ def test_auto_budget_needs_datafree(tmp_path, capsys):
 
 
 
-def test_auto_refuses_a_latency_budget_in_one_line(tmp_path, capsys):
+class DepthwiseSlowTimer:
+    """Deterministic latency by node: a Conv costs 0.1 + its weight's size / 576 (an 8 -> 8 3x3 kernel: 1.1),
+    a grouped (depthwise) one 2.0 more, any other node 0.05: CP's depthwise chains are slower than dense,
+    Tucker-2's faster."""
+
+    def __call__(self, paths, env, min_time):
+        out = []
+        for p in paths:
+            g = onnx.load(p).graph
+            sizes = {t.name: int(np.prod(t.dims)) for t in g.initializer}
+            out.append(sum(0.1 + sizes[n.input[1]] / 576 + 2.0 * any(a.name == "group" and a.i > 1 for a in n.attribute)
+                           if n.op_type == "Conv" else 0.05 for n in g.node))
+        return out
+
+
+@pytest.mark.slow  # CP-ALS error curves of both layers
+def test_format_auto_with_a_latency_budget_takes_the_format_measured_faster(tmp_path):
+    from ttcompile.planning.latency import Env, LatencyBudget, LatencyTable
+
     path = mix_model(tmp_path / "mix.onnx")
-    out = tmp_path / "out.onnx"
-    assert main(["compress", path, "--format", "auto", "--budget", "params=0.2,latency=0.8", "--allocator",
-                 "datafree", "-o", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--format auto takes params/macs budgets, not latency" in err[0] and not out.exists()
+    model = load_model(path)
+    layers = find_layers(model)
+    table = LatencyTable(Env("1.0.0", "Test CPU", "cpu", 32, 1), None, timer=DepthwiseSlowTimer())
+    lat = LatencyBudget(table, *table.reference(onnx.load(path), file_sha256(path), layers))
+    ctx = Context(path, file_sha256(path), layers, ByLayer({}), model=model, latency=lat)
+    plan = search("datafree", ctx).plan(Budget(params=0.1, latency=0.9))
+    formats = {lp.name: lp.format for lp in plan.layers if lp.action == "compress"}
+    assert formats == {"cp2": "tucker", "tuck": "tucker"}, formats  # without latency cp2 takes cp (test above)
+    cp = plan.settings["format_choice"]["cp2"]["cp"]
+    assert cp["action"] == "dense" and cp["reason"].startswith("measured:") and cp["chain_ms"] > cp["dense_ms"]
+    rep = plan.settings["budget"]
+    assert rep["of_target"]["params"] <= 1.0 and rep["latency"]["closed_loop"]["met"], rep

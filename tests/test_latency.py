@@ -134,13 +134,15 @@ def test_reference_is_cached_by_model_file(gemm, tmp_path):
     assert timer.calls == [2, 2]
 
 
-def test_cap_on_measured_candidates_per_layer(gemm, tmp_path):
+def test_cap_on_measured_candidates_per_layer_and_format(gemm, tmp_path):
     _, layer = gemm
     timer = FakeTimer()
     table = LatencyTable(ENV, None, timer=timer, max_candidates=2)
     assert table.pair(tt_plan(layer, 2)) and table.pair(tt_plan(layer, 3))
     assert table.pair(tt_plan(layer, 4)) is None and table.refused == 1 and len(timer.calls) == 2
     assert table.pair(tt_plan(layer, 2))  # measured ones still answer
+    svd = get_format("svd")  # another format of the same layer has its own cap (--format auto times two)
+    assert table.pair(layer_plan(layer, svd, [8], {}, allow_more_macs=True)) and len(timer.calls) == 3
 
 
 @pytest.mark.parametrize("chain, slower_ok, action", [(2.0, False, "dense"), (0.99, False, "dense"),

@@ -5,9 +5,21 @@ the two-factor SVD form). Per budget (our formulation, see ``ttcompile.planning.
 one error/cost model per candidate format (``MIX_FORMATS``); at knob t each layer's format is the one
 whose optimum (``datafree.optimise``) has the lower objective ``t E + sum_m C_m / base_m``, ties to the
 first of ``MIX_FORMATS``. t is bisected on the *relaxed* sizes (multilinear plain-chain cost of those
-optima) to the budget's targets; that fixes the format of every layer, and ``budget.solve`` then meets
-the budget exactly with the datafree family in those formats (``MixedPlanner``: a ``Planner`` whose
-format is chosen per layer).
+optima) to the budget's params/MACs targets; that fixes the format of every layer, and ``budget.solve``
+then meets the budget exactly with the datafree family in those formats (``MixedPlanner``: a ``Planner``
+whose format is chosen per layer).
+
+With a latency budget (``Context.latency``) the choice is measured: the bisection above runs on the
+params/MACs part of the budget (a latency-only budget ``latency=F`` bisects on ``macs=F`` instead) to a
+knob t; at that t each format's optimum is rounded to its chain and timed next to the dense layer
+(``LatencyBudget``: the measured guard, cached pairs). A format whose chain is not faster than dense is
+out; among the others the layer takes the lowest ``t E + sum_m C_m / base_m + T_chain / T_model`` (the
+same Lagrangian with the predicted chain time of the whole model's latency as one more cost, weighted
+like the other metrics). A layer where no format's chain is faster keeps the params/MACs choice (the
+guard keeps it dense in the solve). The solve then meets the whole budget with the closed loop
+(``ttcompile.planning.latency_loop``), as for one format; ``format_choice`` in the plan records every
+layer's measured candidates. On ORT CPU this is what makes a mix: CP's depthwise chains are slower than
+dense on most ResNet convs, Tucker-2's 1x1-kxk-1x1 chains faster (``benchmarks/results/datafree_headline.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +35,8 @@ from ttcompile.passes.base import Format, get_format
 from ttcompile.planning import datafree
 from ttcompile.planning.allocators import Context, Search
 from ttcompile.planning.budget import Budget
-from ttcompile.planning.plan import LayerPlan
+from ttcompile.planning.latency import LatencyBudget
+from ttcompile.planning.latency_loop import target_fraction
 from ttcompile.planning.planner import Planner
 
 MIX_FORMATS = ("tucker", "cp")
@@ -75,19 +88,15 @@ class ByLayer(Format):
 
 
 class MixedPlanner(Planner):
-    """``Planner`` over per-layer formats; its plans name each layer's own format."""
+    """``Planner`` over per-layer formats; its plans name each layer's own format (so the latency table
+    times and keys each chain in its real format)."""
 
-    def __init__(self, layers: list[Layer], choice: dict[str, Format], allow_more_macs: bool = False):
-        super().__init__(layers, ByLayer(choice), None, allow_more_macs)
+    def __init__(self, layers: list[Layer], choice: dict[str, Format], allow_more_macs: bool = False,
+                 latency: LatencyBudget | None = None):
+        super().__init__(layers, ByLayer(choice), None, allow_more_macs, latency)
 
-    def _named(self, lp: LayerPlan | None) -> LayerPlan | None:
-        return lp if lp is None or lp.format is None else replace(lp, format=self.fmt.of(lp.layer).name)
-
-    def layer(self, layer, ranks, measure=True):
-        return self._named(super().layer(layer, ranks, measure))
-
-    def plain(self, layer, ranks):
-        return self._named(super().plain(layer, ranks))
+    def format_of(self, layer: Layer) -> Format:
+        return self.fmt.of(layer)
 
 
 @dataclass
@@ -100,7 +109,8 @@ class MixedSearch:
     name: str = "datafree"
 
     def choose(self, budget: Budget) -> tuple[dict[str, str], float]:
-        """Format per layer from the relaxed bisection over the knob, and that knob value."""
+        """Format per layer from the relaxed bisection over the knob on the params/MACs part of ``budget``,
+        and that knob value."""
         first = {n: next(iter(fm)) for n, fm in self.models.items()}
         base = MixedPlanner(self.ctx.layers, {n: get_format(f) for n, f in first.items()}).base()
         targets, weights = budget.targets(base), datafree.metric_weights(budget, base)
@@ -128,18 +138,62 @@ class MixedSearch:
             lo, hi = (mid, hi) if fits(at(values[mid])[1]) else (lo, mid)
         return at(values[lo])[0], values[lo]
 
+    def measured_choice(self, budget: Budget, choice: dict[str, str], t: float) -> tuple[dict[str, str], dict]:
+        """With a latency table: each layer's format among those whose chain at knob ``t`` is measured
+        faster than dense, by the objective plus the predicted chain time (module docstring); the record
+        of every candidate."""
+        lat = self.ctx.latency
+        planners = {f: Planner(self.ctx.layers, get_format(f), None, self.ctx.allow_more_macs, lat)
+                    for f in MIX_FORMATS}
+        weights = datafree.metric_weights(budget, MixedPlanner(self.ctx.layers, {
+            n: get_format(f) for n, f in choice.items()}).base())
+        layers = {lay.name: lay for lay in self.ctx.layers}
+        chosen, record = dict(choice), {}
+        for n, fm in self.models.items():
+            best, record[n] = [], {}
+            for i, (f, m) in enumerate(fm.items()):
+                obj = datafree.Objective(m, weights)
+                r = datafree.optimise(obj, t)
+                if r is None:
+                    record[n][f] = {"ranks": None, "reason": "dense at this knob"}
+                    continue
+                lp = planners[f].layer(layers[n], m.ranks(r))  # guarded: timed next to dense
+                plain = planners[f].layer(layers[n], m.ranks(r), measure=False)
+                pair = lat.table.pair(plain) if plain.action == "compress" else None
+                record[n][f] = {"ranks": m.ranks(r), "action": lp.action, "reason": lp.reason,
+                                "dense_ms": pair and pair[0], "chain_ms": pair and pair[1]}
+                if lp.action == "compress":
+                    value = obj.exact(r, t) + lat.chain_ms(lp) / lat.model_ms
+                    record[n][f]["objective"] = value
+                    best.append((value, i, f))
+            if best:
+                chosen[n] = min(best)[2]
+        return chosen, record
+
     def plan(self, budget: Budget):
         start = time.perf_counter()
-        choice, t = self.choose(budget)
+        lat = self.ctx.latency if budget.latency is not None else None
+        sized = replace(budget, latency=None)
+        if lat is not None and sized.params is None and sized.macs is None:
+            sized = Budget(macs=target_fraction(budget, lat.model_ms))
+        choice, t = self.choose(sized)
+        record = None
+        if lat is not None:
+            choice, record = self.measured_choice(sized, choice, t)
         planner = MixedPlanner(self.ctx.layers, {n: get_format(f) for n, f in choice.items()},
-                               self.ctx.allow_more_macs)
+                               self.ctx.allow_more_macs, lat)
         models = {n: self.models[n][f] for n, f in choice.items()}
         family = datafree.family(models, planner, budget)
         info = {**datafree.settings_info(), "formats": list(MIX_FORMATS), "layer_formats": choice,
-                "relaxed_knob": t}
+                "relaxed_knob": t, **({"format_choice": record} if record is not None else {})}
         found = Search(self.name, replace(self.ctx, fmt=planner.fmt), planner, family, {}, info,
                        self.time_s + time.perf_counter() - start)
         return found.plan(budget)
+
+
+def mix_supported(layer: Layer) -> bool:
+    """Whether ``--format auto`` can rewrite ``layer`` (some format of ``MIX_FORMATS`` handles it)."""
+    return not layer.skip and any(get_format(f).supports(layer) is None for f in MIX_FORMATS)
 
 
 def mixed_search(ctx: Context) -> MixedSearch:
@@ -148,10 +202,8 @@ def mixed_search(ctx: Context) -> MixedSearch:
         raise OptionError(f"{opt('modes')} does not apply to {opt('format')} auto (CP and Tucker-2 have no modes)")
     start = time.perf_counter()
     models: dict[str, dict[str, datafree.LayerModel]] = {}
-    for lay in ctx.layers:
-        fmts = [get_format(f) for f in MIX_FORMATS]
-        fmts = [f for f in fmts if not (lay.skip or f.supports(lay))]
-        if fmts:
-            weight = dense_weight(ctx.model, lay)[0]
-            models[lay.name] = {f.name: datafree.layer_model(f, weight, lay, f.default_modes(lay)) for f in fmts}
+    for lay in filter(mix_supported, ctx.layers):
+        fmts = [f for f in map(get_format, MIX_FORMATS) if f.supports(lay) is None]
+        weight = dense_weight(ctx.model, lay)[0]
+        models[lay.name] = {f.name: datafree.layer_model(f, weight, lay, f.default_modes(lay)) for f in fmts}
     return MixedSearch(ctx, models, time.perf_counter() - start)

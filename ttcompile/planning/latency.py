@@ -25,7 +25,8 @@ references keyed by the model file's SHA-256 (with the closed loop's whole-model
 from the current one is discarded
 (re-measured), so any change of a key part re-measures and an unchanged one never does. A table
 answers at most ``max_candidates`` distinct candidates per layer group (the layer's signature without
-format and ranks), cached or measured, so one solve times at most that many pairs per layer and gives the
+ranks and realization: its op, shapes and attributes, and the format), cached or measured, so one solve
+times at most that many pairs per layer and format and gives the
 same plan again from the cache; a request beyond that is refused (``None``: the planner keeps the layer
 dense there).
 """
@@ -55,7 +56,7 @@ ROUNDS, MIN_TIME_S, MIN_RUNS = 5, 0.04, 10  # per timer call: interleaved rounds
 REFERENCE_MIN_TIME_S = 0.25  # seconds per round for the reference run (once per model), as ``ttcompile bench``
 MIN_GAIN = 0.05  # a chain is faster than dense only when at least this fraction faster (pair noise margin)
 GUARD_REASONS = ("measured:", "latency not measured")  # how the reasons of the measured guard start
-MAX_CANDIDATES = 16  # distinct candidates a table answers per layer group
+MAX_CANDIDATES = 16  # distinct candidates a table answers per layer group and format
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class LatencyTable:
         self.invalidated = False  # a cache file from another environment was discarded
         self.measured = 0  # timer calls in this run
         self.refused = 0  # requests beyond max_candidates
-        self._seen: dict[str, set[str]] = {}  # layer group -> signatures answered
+        self._seen: dict[tuple[str, str | None], set[str]] = {}  # (layer group, format) -> signatures answered
         self._progress, self._bar = progress, None
         if path is not None and path.exists():
             self._load(path)
@@ -180,7 +181,7 @@ class LatencyTable:
 
     def pair(self, lp: LayerPlan) -> tuple[float, float] | None:
         """``(dense_ms, chain_ms)`` of ``lp``'s layer, measured interleaved (cached); None beyond the cap."""
-        key, seen = signature(lp), self._seen.setdefault(layer_group(lp.layer), set())
+        key, seen = signature(lp), self._seen.setdefault((layer_group(lp.layer), lp.format), set())
         if key not in seen and len(seen) >= self.max_candidates:
             self.refused += 1
             return None

@@ -30,6 +30,10 @@ class Planner:
         self._plain: dict[tuple[str, tuple[int, ...]], LayerPlan | None] = {}
         self.evaluations = 0
 
+    def format_of(self, layer: Layer) -> Format:
+        """The format ``layer``'s plans name (the planner's format; per layer in ``MixedPlanner``)."""
+        return self.fmt
+
     def layer(self, layer: Layer, ranks: list[int] | None, measure: bool = True) -> LayerPlan:
         """Plan of one budgeted layer at ``ranks`` (None: dense); compress only where it pays (``layer_plan``, then
         with a latency table ``LatencyBudget.guard`` unless ``measure=False``: the cost model alone, untimed)."""
@@ -38,7 +42,7 @@ class Planner:
         ranks = self.fmt.snap_ranks(layer, self.modes[layer.name], ranks)  # e.g. multiples of t for STP
         key = (layer.name, tuple(ranks))
         if key not in self._cache:
-            self._cache[key] = layer_plan(layer, self.fmt, ranks, self.modes[layer.name],
+            self._cache[key] = layer_plan(layer, self.format_of(layer), ranks, self.modes[layer.name],
                                           allow_more_macs=self.allow_more_macs)
         if not measure or self.latency is None:
             return self._cache[key]
@@ -77,7 +81,8 @@ class Planner:
             return None
         if layer.macs is not None and cost.macs > layer.macs and not self.allow_more_macs:
             return None
-        lp = LayerPlan(layer, "compress", self.fmt.name, modes, list(ranks), options[best], cost.params, cost.macs)
+        lp = LayerPlan(layer, "compress", self.format_of(layer).name, modes, list(ranks), options[best], cost.params,
+                       cost.macs)
         lp = self.latency.guard(lp) if self.latency else lp
         return lp if lp.action == "compress" else None
 

@@ -143,9 +143,6 @@ def _budgeted(source: Source, layers: list[Layer], o: PlanOptions, progress: boo
                           "only lifts a latency budget's measured guard); give one or the other")
     if o.format == "auto" and (o.allocator or "lwiq") != "datafree":
         raise OptionError(f"{opt('format')} auto with {opt('budget')} needs {opt('allocator')} datafree")
-    if o.format == "auto" and budget.latency is not None:  # its relaxed format choice models params/MACs only
-        raise OptionError(f"{opt('format')} auto takes params/macs budgets, not latency: give {opt('format')} "
-                          "tucker or cp with a latency budget")
     fmt, name = _format(o.format), o.allocator or "lwiq"
     ctx = Context(source.id.name, source.id.sha256, layers, fmt, o.modes, o.allow_more_macs, model=source.model,
                   batch=o.calib_batch, progress=progress, lwiq_weights=o.lwiq_weights)
@@ -167,7 +164,11 @@ def _budgeted(source: Source, layers: list[Layer], o: PlanOptions, progress: boo
             raise OptionError(f"{opt('allocator')} greedy needs {opt('calib')} data")
         ctx.calibration = load_calibration(calib, to_proto(source.model))
     if budget.latency is not None:
-        ctx.latency = _latency(source, [lay for lay in layers if not (lay.skip or fmt.supports(lay))], o, progress)
+        from ttcompile.planning.datafree_mix import mix_supported
+
+        timed = [lay for lay in layers if (mix_supported(lay) if o.format == "auto" else
+                                           not (lay.skip or fmt.supports(lay)))]
+        ctx.latency = _latency(source, timed, o, progress)
     try:
         return allocate(name, ctx, budget)
     finally:
