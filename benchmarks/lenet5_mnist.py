@@ -99,7 +99,7 @@ class Bench:
         out.plan.save(path.with_suffix(".plan.json"))
         self.record(key, method, onnx.load(path), settings.epochs + (settings.select_epochs or 0), wall,
                     {"ranks": {lp.name: lp.ranks for lp in out.plan.layers if lp.ranks},
-                     "val": {k: h.epochs[h.best_epoch - 1].val if h.best_epoch else None
+                     "val": {k: h.epochs[h.best_epoch - 1].val if h.best_epoch else h.initial_val
                              for k, h in out.histories.items()},
                      "settings": asdict(settings), "file": str(path)})
 

@@ -20,7 +20,7 @@ from ttcompile.planning.allocators import Context, search
 from ttcompile.planning.auto_format import relative_error
 from ttcompile.planning.budget import Budget
 from ttcompile.planning.datafree import Objective, layer_model
-from ttcompile.planning.datafree_mix import ByLayer
+from ttcompile.planning.datafree_mix import LATENCY_PRICES, ByLayer
 from ttcompile.sources import file_sha256
 
 from graphs import _model, conv_model, gemm_model
@@ -193,3 +193,6 @@ def test_format_auto_with_a_latency_budget_takes_the_format_measured_faster(tmp_
     assert cp["action"] == "dense" and cp["reason"].startswith("measured:") and cp["chain_ms"] > cp["dense_ms"]
     rep = plan.settings["budget"]
     assert rep["of_target"]["params"] <= 1.0 and rep["latency"]["closed_loop"]["met"], rep
+    prices = plan.settings["latency_prices"]  # every price solved, one plan kept, and it meets the budget
+    assert [p["price"] for p in prices] == list(LATENCY_PRICES) and [p["kept"] for p in prices].count(True) == 1
+    assert all(p["met"] for p in prices if p["kept"])

@@ -126,6 +126,14 @@ def test_sigkill_mid_epoch_resumes_to_the_same_result(task, tmp_path: Path):
     assert_same_run(out, history, reference, ref_history)
 
 
+def test_no_epoch_better_than_the_input_returns_the_input(task):
+    teacher, _, train, val = task
+    out, history = finetune_ort(teacher, teacher, train, val, epochs=2, **{**FAST, "lr": 1.0})
+    assert history.initial_val == 1.0 and all(e.val < 1.0 for e in history.epochs), history
+    assert history.best_epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(weights(out).values(), weights(teacher).values()))
+
+
 def test_resume_refuses_other_runs_and_extends_finished_ones(task, tmp_path: Path):
     teacher, student, train, _ = task
     ckpt = tmp_path / "run.ckpt"

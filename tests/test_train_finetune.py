@@ -55,6 +55,15 @@ def test_finetune_moves_student_towards_teacher(task, labelled):
     assert agreement == pytest.approx(best.val)  # the returned weights are the best epoch's
 
 
+def test_no_epoch_better_than_the_input_returns_the_input(task):
+    teacher, _, train, val = task
+    # the teacher as its own student is perfect on val; a learning rate of 1 only makes it worse
+    out, history = finetune(teacher, teacher, train, val, epochs=2, **{**FAST, "lr": 1.0})
+    assert history.initial_val == 1.0 and all(e.val < 1.0 for e in history.epochs), history
+    assert history.best_epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(weights(out).values(), weights(teacher).values()))
+
+
 class Interrupt(TrainHook):
     """Stops the run (like Ctrl-C) when ``epoch`` starts."""
 

@@ -51,9 +51,14 @@ def run(args: argparse.Namespace) -> int:
     save_model(result.model, out)
     history = result.history
     if history.metric is not None:
-        best = next(e for e in history.epochs if e.epoch == history.best_epoch)
-        before = "" if history.initial_val is None else f", before fine-tuning {history.initial_val:.4f}"
         teacher_val = "" if history.teacher_val is None else f", teacher {history.teacher_val:.4f}"
-        print(f"best epoch {best.epoch}: val {history.metric} {best.val:.4f}{before}{teacher_val}")
+        if history.best_epoch == 0:
+            top = max(history.epochs, key=lambda e: e.val)
+            print(f"no epoch beat the input on val: kept its weights (val {history.metric} {history.initial_val:.4f}; "
+                  f"best epoch {top.epoch}: {top.val:.4f}){teacher_val}")
+        else:
+            best = next(e for e in history.epochs if e.epoch == history.best_epoch)
+            before = "" if history.initial_val is None else f", before fine-tuning {history.initial_val:.4f}"
+            print(f"best epoch {best.epoch}: val {history.metric} {best.val:.4f}{before}{teacher_val}")
     print(f"wrote {out} (checkpoint {checkpoint})")
     return 0

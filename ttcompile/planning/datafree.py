@@ -223,6 +223,12 @@ class Objective:
         return -t * float(np.sum(np.log(self.kept_energy(r)))) + self.cost(r)[0]
 
 
+def damage(model: LayerModel, ranks: list[int]) -> float:
+    """Modelled damage ``D = -log(1 - E)`` of ``model``'s layer at full ``ranks`` (as ``LayerModel.ranks`` gives)."""
+    obj = Objective(model, np.zeros(2))
+    return -float(np.sum(np.log(obj.kept_energy(np.array([ranks[k] for k in model.free], dtype=float)))))
+
+
 def optimise(obj: Objective, t: float) -> np.ndarray | None:
     """Best free ranks at knob ``t`` (None: dense); see the module docstring."""
     m = obj.m

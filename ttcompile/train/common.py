@@ -46,7 +46,7 @@ class History:
     teacher_val: float | None  # the teacher's val accuracy (labelled val data only)
     initial_val: float | None  # the student's val metric before fine-tuning
     epochs: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0  # epoch whose weights were returned: best val metric, else the last one
+    best_epoch: int = 0  # epoch whose weights were returned: best val metric, else the last one; 0: the input's
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:

@@ -77,7 +77,9 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset,
     """Fine-tune ``student``'s float initializers to mimic ``teacher`` on ``train``.
 
     Validation after each epoch: accuracy on ``val``'s labels, else top-1 agreement with the teacher;
-    the best epoch's weights are returned (the last epoch's without ``val``). With ``checkpoint`` the
+    the best epoch's weights are returned (the last epoch's without ``val``), or the input's own when no
+    epoch beats them on ``val`` (``History.best_epoch`` 0; not with ``hooks``, whose trainers choose ranks
+    during training). With ``checkpoint`` the
     full state is saved atomically after every epoch; ``resume`` continues from it (a missing file
     starts afresh), so an interrupted run loses at most one epoch and, with the same ``epochs``, ends
     where an uninterrupted one would; a larger ``epochs`` extends a finished run (the cosine schedule
@@ -160,6 +162,8 @@ def _finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset
         history, best, start = History.from_dict(state["history"]), state["best"], state["epoch"]
     else:
         history.initial_val = score(_predict(module), data)
+        if history.initial_val is not None and not hooks:  # fine-tuning never returns a worse model than it got
+            best = {"epoch": 0, "val": history.initial_val, **checkpoints.snapshot(module, hooks)}
     for epoch in range(start + 1, epochs + 1):
         began = time.perf_counter()
         for hook in hooks:

@@ -170,6 +170,8 @@ def finetune_ort(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Data
         best, best_val, start = {}, None, 0
         if saved is None:
             history.initial_val = run.score()
+            if history.initial_val is not None:  # never returns a worse model than it got (best_epoch 0)
+                best, best_val = run.weights(), history.initial_val
         else:
             history, best, start = History.from_dict(saved.meta["history"]), saved.best, saved.meta["epoch"]
             best_val = saved.meta["best_val"]
