@@ -55,15 +55,17 @@ ORDER = ("lwiq", "lwiq-top1", "lwiq-gain", "uniform", "energy", "greedy", "dataf
 
 def cut_bonds(plan: Plan, found: Search, budget: Budget) -> int:
     """Bonds at rank 1 whose cap is > 2, in compressed layers whose knob setting (the family's ranks at the
-    solved knob value, before the fill grows single bonds) is above its minimum (uniform rank 1)."""
+    solved knob value, or LWIQ's exact solve's where it was taken; before the fill grows single bonds) is
+    above its minimum (uniform rank 1)."""
     family = found.family.for_budget(budget) if found.family.for_budget else found.family
     knob = plan.settings["knob"]["value"]
+    exact = plan.settings["budget"].get("exact") or {}
     n = 0
     for lp in plan.layers:
         if lp.action != "compress":
             continue
         fmt = get_format(lp.format)
-        chosen = family.rank(lp.name, knob)
+        chosen = exact["ranks"][lp.name] if exact.get("used") else family.rank(lp.name, knob)
         if chosen is None or fmt.snap_ranks(lp.layer, lp.modes, chosen) == fmt.uniform_ranks(lp.layer, lp.modes, 1):
             continue
         n += sum(r == 1 and cap > 2 for r, cap in zip(lp.ranks, fmt.max_ranks(lp.layer, lp.modes)))

@@ -71,6 +71,11 @@ def test_lwiq_exact_step_beats_the_hull_on_a_non_convex_curve(mlp):  # noqa: F81
     report = plan.settings["budget"]["exact"]
     assert report["damage"] is not None and report["knob_damage"] is not None
     assert report["damage"] <= report["knob_damage"] + 1e-12
+    assert report["used"]  # and its choice is recorded: each compressed layer's ranks are it, or grown from it
+    for lp in plan.layers:
+        if lp.action == "compress":
+            chosen = report["ranks"][lp.name]
+            assert chosen is not None and all(a <= b for a, b in zip(chosen, lp.ranks)), (chosen, lp.ranks)
     # the exact damage is the least over all feasible measured choices (brute force on the true sizes)
     options = []
     for lay in planner.active:

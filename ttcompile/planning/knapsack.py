@@ -76,7 +76,8 @@ EXACT_SHRINK = (1.0, 0.998, 0.99, 0.97)  # capacity fractions tried (costs are r
 def exact_step(solver: ExactSolver, targets: dict[str, float], fits: Callable, knob_ranks: dict) -> dict:
     """The solver's least-damage ranks in place of the knob's when they fit (``fits(ranks)`` ->
     (ok, plans, size)) and damage less. Returns a report: damages of both, the layers that changed, and
-    (when used) ``best`` = (plans, size)."""
+    (when used) the solver's ranks per layer (``ranks``, before the fill grows bonds) and ``best`` =
+    (plans, size)."""
     knob_damage = solver.damage(knob_ranks)
     for shrink in EXACT_SHRINK:
         ranks = solver.solve({m: t * shrink for m, t in targets.items()})
@@ -88,5 +89,5 @@ def exact_step(solver: ExactSolver, targets: dict[str, float], fits: Callable, k
             used = knob_damage is None or damage < knob_damage - 1e-12
             out = {"used": used, "damage": damage, "knob_damage": knob_damage, "capacity_fraction": shrink,
                    "changed": sorted(n for n in ranks if ranks[n] != knob_ranks.get(n)) if used else []}
-            return {**out, "best": (plans, size)} if used else out
+            return {**out, "ranks": ranks, "best": (plans, size)} if used else out
     return {"used": False, "damage": None, "knob_damage": knob_damage, "capacity_fraction": None, "changed": []}
