@@ -32,6 +32,16 @@ def test_finetune_writes_a_valid_model_and_reports_epochs(files, tmp_path, capsy
     assert (tmp_path / "tuned.onnx.ckpt").exists()
 
 
+def test_no_epoch_better_than_the_input_keeps_it_and_says_so(files, tmp_path, capsys):
+    out = tmp_path / "tuned.onnx"
+    # the teacher as its own student (val agreement 1.0, only to lose) at a learning rate of 1 (the last --lr wins)
+    assert main(finetune_args({**files, "student.onnx": files["teacher.onnx"]}, out, "--epochs", "2", "--lr", "1")) == 0
+    text = capsys.readouterr().out
+    assert "no epoch beat the input on val: kept its weights (val agreement 1.0000" in text, text
+    kept, given = onnx.load(out).graph.initializer, onnx.load(files["teacher.onnx"]).graph.initializer
+    assert [t.SerializeToString() for t in kept] == [t.SerializeToString() for t in given]
+
+
 def test_resume_continues_the_epoch_count(files, tmp_path, capsys):
     out = tmp_path / "tuned.onnx"
     assert main(finetune_args(files, out, "--epochs", "1")) == 0

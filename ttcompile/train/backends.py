@@ -76,6 +76,8 @@ def _epoch_callback(fn: Callable[[EpochStats], None]):
     from ttcompile.train.hooks import TrainHook
 
     class OnEpoch(TrainHook):
+        observes_only = True
+
         def on_epoch_end(self, module, stats) -> None:
             fn(stats)
 

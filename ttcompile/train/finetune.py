@@ -78,8 +78,8 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset,
 
     Validation after each epoch: accuracy on ``val``'s labels, else top-1 agreement with the teacher;
     the best epoch's weights are returned (the last epoch's without ``val``), or the input's own when no
-    epoch beats them on ``val`` (``History.best_epoch`` 0; not with ``hooks``, whose trainers choose ranks
-    during training). With ``checkpoint`` the
+    epoch beats them on ``val`` (``History.best_epoch`` 0; not with ``hooks`` other than observers, e.g. the
+    rank-selecting trainers, whose input is not a result). With ``checkpoint`` the
     full state is saved atomically after every epoch; ``resume`` continues from it (a missing file
     starts afresh), so an interrupted run loses at most one epoch and, with the same ``epochs``, ends
     where an uninterrupted one would; a larger ``epochs`` extends a finished run (the cosine schedule
@@ -162,7 +162,7 @@ def _finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset
         history, best, start = History.from_dict(state["history"]), state["best"], state["epoch"]
     else:
         history.initial_val = score(_predict(module), data)
-        if history.initial_val is not None and not hooks:  # fine-tuning never returns a worse model than it got
+        if history.initial_val is not None and all(h.observes_only for h in hooks):  # never worse than its input
             best = {"epoch": 0, "val": history.initial_val, **checkpoints.snapshot(module, hooks)}
     for epoch in range(start + 1, epochs + 1):
         began = time.perf_counter()

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 
 class TrainHook:
-    """No-op defaults for every hook method."""
+    """No-op defaults for every hook method. ``observes_only``: the hook changes neither the loss nor the
+    weights (a logger), so the input's own weights stay a candidate for the best epoch."""
+
+    observes_only = False
 
     def attach(self, module: OnnxModule) -> None:
         """Set up on the module: create parameters, ``module.set_transform(...)`` on initializers."""
