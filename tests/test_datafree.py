@@ -196,3 +196,19 @@ def test_format_auto_with_a_latency_budget_takes_the_format_measured_faster(tmp_
     prices = plan.settings["latency_prices"]  # every price solved, one plan kept, and it meets the budget
     assert [p["price"] for p in prices] == list(LATENCY_PRICES) and [p["kept"] for p in prices].count(True) == 1
     assert all(p["met"] for p in prices if p["kept"])
+
+
+def test_cli_format_auto_with_a_latency_only_budget(tmp_path, monkeypatch):
+    """Real timings on the MLP: the latency-only budget sizes the format choice by ``macs=F``, every price is
+    solved, and the kept plan's layers name their own formats."""
+    monkeypatch.setenv("TTCOMPILE_CACHE", str(tmp_path / "cache"))
+    path = lwiq_data.mlp(tmp_path / "mlp.onnx")
+    out = tmp_path / "out.onnx"
+    assert main(["compress", str(path), "-o", str(out), "--format", "auto", "--allocator", "datafree", "--budget",
+                 "latency=0.9", "--batch", "32", "--allow-more-macs", "--quiet"]) == 0
+    plan = json.loads(out.with_suffix(".plan.json").read_text())
+    settings = plan["settings"]
+    assert [p["price"] for p in settings["latency_prices"]] == list(LATENCY_PRICES)
+    assert set(settings["format_choice"]) == {lp["layer"]["name"] for lp in plan["layers"] if lp["action"] != "skip"}
+    assert settings["budget"]["latency"]["measured_pairs"] >= 1
+    assert {lp["format"] for lp in plan["layers"] if lp["action"] == "compress"} <= {"tucker", "cp"}
