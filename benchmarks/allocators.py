@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads(path_json.read_text()) if path_json.exists() else {}
     if result.get("version") != 2:
         result = {"version": 2, "models": {}, "rows": []}
-    result |= {"calib": args.calib, "test": args.test, "epochs": args.finetune_epochs,
+    calib_shown = Path(args.calib).resolve()
+    if calib_shown.is_relative_to(ROOT):
+        calib_shown = calib_shown.relative_to(ROOT)
+    result |= {"calib": str(calib_shown), "test": args.test, "epochs": args.finetune_epochs,
                "train": f"mnist:train[:{args.train_samples}]", "machine": platform.platform(),
                "command": " ".join(["python", *sys.argv])}
     test = load_dataset(args.test)
