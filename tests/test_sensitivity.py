@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ttcompile.analysis import sensitivity
 from ttcompile.analysis.lwiq import analyze
 from ttcompile.analysis.targets import embed_positions, kmeans
 from ttcompile.graph import load_model
@@ -47,6 +48,10 @@ def test_curves_fall_with_rank(toy):
             assert curve.points and drops[-1] <= drops[0] + 1e-6, (fmt, name)
             errors = [p.feature_error for p in curve.points]  # candidates come in increasing params
             assert errors[-1] <= errors[0] + 1e-6 and min(errors) < 0.5, (fmt, name)
+    for curve in a.curves["tr"].values():  # d_l(r) = max(acc_l - acc_l(r), 0) + BETA e_l(r)
+        for p in curve.points:
+            want = max(curve.accuracy - p.accuracy, 0.0) + sensitivity.BETA * p.feature_error
+            assert p.drop == pytest.approx(want)
     fc1 = a.curves["tt"]["fc1"]  # the informative layer: rank 1 destroys its separability
     assert fc1.points[0].accuracy < fc1.accuracy - 0.2
     # the identity layer fc2 (ReLU features) and the read-out are cheap to compress; fc1 is not
