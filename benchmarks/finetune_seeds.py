@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import onnx_ir as ir
+from allocators import MODELS, ROOT, evaluate
 
-from ttcompile.analysis.features import predict
 from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.models.data import Dataset, load_dataset
@@ -27,9 +27,6 @@ from ttcompile.passes.base import get_format
 from ttcompile.planning.planner import Planner
 from ttcompile.rewrite.compress import rewrite_layer
 from ttcompile.train.finetune import finetune
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"lenet5": "lenet5_mnist.onnx", "resnet20": "resnet20_mnist.onnx", "resnet56": "resnet56_mnist.onnx"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(ranks, list):
                 rewrite_layer(m, planner.layer(layers[name], ranks))
         student = to_proto(m)
-        before = float((predict(student, test.x) == test.y).mean())
+        before = evaluate(student, test)
         for seed in (int(s) for s in args.seeds.split(",")):
             start = time.perf_counter()
             tuned, _ = finetune(student, teacher, train, epochs=1, threads=1, progress=False, seed=seed)
-            after = float((predict(tuned, test.x) == test.y).mean())
+            after = evaluate(tuned, test)
             print(f"{args.model} {args.format} 1/{args.fraction:g} {alloc} seed {seed}: before {before:.4f} "
                   f"(row {row['before']:.4f}) after {after:.4f} (row, seed 0: {row.get('after')}) "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
