@@ -206,3 +206,49 @@ def test_span_inputs_that_are_not_per_sample_are_fed_as_they_are(tmp_path):
     np.savez(tmp_path / "x.npz", x=x, y=np.arange(90) % 4)
     a = analyze(path, str(tmp_path / "x.npz"), formats=("tucker",), batch=16, progress=False)
     assert a.curves["tucker"]["conv1"].readout == "fc" and a.curves["tucker"]["conv1"].points
+
+
+def _plain_layers_model(path) -> str:
+    """x (N, 2, 6, 6) -> Conv(pads) -> Relu -> Flatten -> Gemm(transB=0, alpha=0.5, C) -> Relu -> MatMul."""
+    rng = np.random.default_rng(3)
+    w = {"WC": rng.standard_normal((8, 2, 3, 3)), "BC": rng.standard_normal(8),
+         "WG": rng.standard_normal((8 * 36, 24)) / 10, "CG": rng.standard_normal(24),
+         "WM": rng.standard_normal((24, 12))}
+    nodes = [helper.make_node("Conv", ["x", "WC", "BC"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["rc"], name="relu_c"),
+             helper.make_node("Flatten", ["rc"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "WG", "CG"], ["g"], name="gemm", alpha=0.5),
+             helper.make_node("Relu", ["g"], ["rg"], name="relu_g"),
+             helper.make_node("MatMul", ["rg", "WM"], ["y"], name="matmul")]
+    graph = helper.make_graph(nodes, "plain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])],
+                              [numpy_helper.from_array(v.astype(np.float32), n) for n, v in w.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["tt", "tr", "tucker", "cp", "sttu"])
+def test_a_candidate_run_with_its_weight_computes_what_its_chain_computes(tmp_path, fmt):
+    """The fast path (the node fed the weight the cores compute with) equals the rewritten chain, for Conv,
+    a transposed scaled Gemm and MatMul, at every candidate rank."""
+    from ttcompile.planning.planner import Planner
+    from ttcompile.runtime import make_session
+
+    model = load_model(_plain_layers_model(tmp_path / "plain.onnx"))
+    layers = [lay for lay in find_layers(model) if lay.compressible]
+    planner = Planner(layers, get_format(fmt))
+    proto = onnx.load(tmp_path / "plain.onnx")
+    x = np.random.default_rng(4).standard_normal((5, 2, 6, 6)).astype(np.float32)
+    tried = 0
+    for lay in layers:
+        if lay.name not in planner.caps:
+            continue
+        assert sensitivity.plain_weight(proto, lay), lay.name
+        canonical = sensitivity.dense_weight(model, lay)[0]
+        for ranks in sensitivity.candidate_ranks(planner, lay):
+            lp = planner.layer(lay, ranks)
+            fast, chain = (make_session(sensitivity.candidate_model(proto, lp, w)).run(None, {"x": x})[0]
+                           for w in (canonical, None))
+            np.testing.assert_allclose(fast, chain, rtol=1e-4, atol=1e-4 * np.abs(chain).max())
+            tried += 1
+    assert tried >= 6

@@ -249,6 +249,16 @@ def dense_weight(model: ir.Model, layer: Layer) -> tuple[np.ndarray, np.ndarray 
     return w, None if bias is None else np.asarray(bias, dtype=np.float64)
 
 
+def stored_weight(layer: Layer, canonical: np.ndarray) -> np.ndarray:
+    """Inverse of ``dense_weight`` for a weight stored as it is read (no quantization): ``canonical``
+    ``(out, in)`` / ``(O, C, *k)`` in the layout of ``layer``'s weight input (Gemm ``B = (W / alpha)^T``
+    unless ``transB``, MatMul ``B = W^T``, Conv unchanged)."""
+    if layer.kind == "gemm":
+        w = canonical / layer.attrs["alpha"]
+        return w if layer.attrs["transB"] else w.T
+    return canonical.T if layer.kind == "matmul" else canonical
+
+
 def layer_io(model: ir.Model, layer: Layer) -> tuple[ir.Node, list[ir.Node], ir.Value | tuple, ir.Value]:
     """``(node, nodes a rewrite replaces, chain input, value the chain's output replaces)``; the chain input
     of a dynamically quantized layer is its ``(xq, x_scale, x_zp)`` (see ``quant.chain_input``)."""
