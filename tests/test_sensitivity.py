@@ -252,3 +252,23 @@ def test_a_candidate_run_with_its_weight_computes_what_its_chain_computes(tmp_pa
             np.testing.assert_allclose(fast, chain, rtol=1e-4, atol=1e-4 * np.abs(chain).max())
             tried += 1
     assert tried >= 6
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 28, 28), (3, 64, 7, 9), (3, 8, 50)])
+def test_the_embedding_made_in_the_graph_is_the_numpy_one(shape):
+    """``embedded`` appends features.embed's pooling to a span: same numbers for 2-D and 1-D maps (cells that
+    divide the axis and cells that do not)."""
+    from ttcompile.analysis.features import Probe, embed
+    from ttcompile.analysis.targets import Targets
+    from ttcompile.runtime import make_session
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu")], "span",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape[1:]])],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    sub = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    probe = Probe("conv", "r", ("Relu",), ("conv", "relu"), True, None)
+    pooled = sensitivity.embedded(sub, probe, Targets("labels", np.zeros(3, np.int64), 10, ""))
+    assert pooled is not None
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    got = make_session(pooled).run([sensitivity.EMBEDDING], {"x": x})[0]
+    np.testing.assert_allclose(got, embed(np.maximum(x, 0), True), rtol=1e-5, atol=1e-6)

@@ -224,7 +224,7 @@ def pool_cells(channels: int, spatial: tuple[int, ...], target: int = EMBEDDING_
     return tuple(min(s, n) for n in spatial)
 
 
-def _pool_matrix(n: int, s: int) -> np.ndarray:
+def pool_matrix(n: int, s: int) -> np.ndarray:
     """``(s, n)`` averaging matrix of torch's adaptive pooling along one axis."""
     m = np.zeros((s, n))
     for i in range(s):
@@ -248,7 +248,7 @@ def embed(a: np.ndarray, channels_first: bool, target: int = EMBEDDING_TARGET) -
     out = a.astype(dtype, copy=False)
     for axis, s in enumerate(pool_cells(a.shape[1], a.shape[2:], target)):
         moved = np.moveaxis(out, 2 + axis, -1)
-        out = np.moveaxis(moved @ _pool_matrix(a.shape[2 + axis], s).T.astype(dtype), -1, 2 + axis)
+        out = np.moveaxis(moved @ pool_matrix(a.shape[2 + axis], s).T.astype(dtype), -1, 2 + axis)
     return out.reshape(a.shape[0], -1).astype(np.float64)
 
 

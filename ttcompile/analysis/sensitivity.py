@@ -20,7 +20,8 @@ every probe (``ttcompile.analysis.lwiq``):
    cores compute with (``Format.reconstruct``: the same function without building a chain per candidate;
    ResNet-20 TR's 443 candidates gave the same accuracies and ``e_l`` within 2e-8); otherwise (a quantized
    weight, an integer op) the layer rewritten into its chain (``rewrite_layer``). It runs on the captured
-   inputs, and q's output is embedded and classified by q's prototypes:
+   inputs, and q's output is embedded (inside the span where it is a float32 conv map: ``embedded``) and
+   classified by q's prototypes:
 
        acc_l(r)   proxy accuracy on the captured items
        e_l(r)     mean_i ||phi_r(x_i) - phi(x_i)|| / ||phi(x_i)||   (phi: q's embedding with layer l dense)
@@ -32,6 +33,8 @@ every probe (``ttcompile.analysis.lwiq``):
    that over it while costing more).
 
 Cost: one capture pass plus, per layer, one run of its span per candidate (one or two layers, not the model).
+Running plain-weight candidates without building their chains and pooling the read-out in the graph took
+ResNet-20's TR analysis (``analysis.lwiq.analyze``, 2 runs each) from 42 to 27 s of CPU time, same curves.
 The candidate runs and their embeddings were 85 % of ResNet-20's TT analysis with 500 curve items (237 of
 280 s); ``CURVE_SAMPLES = 256`` items (one batch) halve that; ``analyze --curve-samples`` sets it.
 On LeNet-5 (TR, 1,000 calibration images, before fine-tuning) the next-probe read-out gave 92.3 % at 1/20 of
@@ -50,7 +53,7 @@ import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.analysis.features import Probe
+from ttcompile.analysis.features import Probe, pool_cells, pool_matrix
 from ttcompile.analysis.targets import Targets
 from ttcompile.graph import to_proto
 from ttcompile.layers import Layer, dense_weight, find_node, stored_weight
@@ -62,6 +65,7 @@ from ttcompile.rewrite.compress import rewrite_layer
 from ttcompile.runtime import make_session
 
 BETA = 0.1
+EMBEDDING = "ttcompile_embedding"  # output of a span that embeds its read-out in the graph (``embedded``)
 PLAIN_OPS = ("Conv", "Gemm", "MatMul")  # nodes whose candidates may run with the weight they compute with
 CURVE_SAMPLES = 256  # one ORT batch per candidate; see the module docstring, 'Cost'
 READOUTS = ("next", "own")
@@ -291,6 +295,40 @@ def candidate_model(sub: onnx.ModelProto, lp: LayerPlan, canonical: np.ndarray |
     return out
 
 
+def embedded(sub: onnx.ModelProto, probe: Probe, targets: Targets) -> onnx.ModelProto | None:
+    """``sub`` ending in the read-out's embedding ``(N, D)`` made by ONNX ops (``features.embed``'s pooling:
+    MatMul by each spatial axis' pooling matrix, then Flatten), so a candidate hands back D numbers per item,
+    not its map; None where numpy embeds instead (sequence targets, a map that is not a float32
+    channels-first ``(N, C, L)`` / ``(N, C, H, W)`` of known dims)."""
+    if targets.kind == "sequence" or not probe.channels_first:
+        return None
+    try:
+        out = onnx.shape_inference.infer_shapes(sub).graph.output[0].type.tensor_type
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in out.shape.dim]
+    if out.elem_type != onnx.TensorProto.FLOAT or len(dims) not in (3, 4) or None in dims[1:]:
+        return None
+    spatial = dims[2:]
+    cells = pool_cells(dims[1], tuple(spatial))
+    last = onnx.numpy_helper.from_array(pool_matrix(spatial[-1], cells[-1]).T.astype(np.float32), f"{EMBEDDING}_w")
+    inits, nodes = [last], [onnx.helper.make_node("MatMul", [probe.value, last.name], [f"{EMBEDDING}_a"])]
+    pooled = f"{EMBEDDING}_a"
+    if len(spatial) == 2:  # (s_h, H) @ (N, C, H, s_w) broadcasts to (N, C, s_h, s_w)
+        first = onnx.numpy_helper.from_array(pool_matrix(spatial[0], cells[0]).astype(np.float32), f"{EMBEDDING}_h")
+        inits.append(first)
+        nodes.append(onnx.helper.make_node("MatMul", [first.name, pooled], [f"{EMBEDDING}_b"]))
+        pooled = f"{EMBEDDING}_b"
+    nodes.append(onnx.helper.make_node("Flatten", [pooled], [EMBEDDING], axis=1))
+    model = onnx.ModelProto()
+    model.CopyFrom(sub)
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(EMBEDDING, onnx.TensorProto.FLOAT, None))
+    return model
+
+
 def _score(outputs: Iterator[np.ndarray], probe: Probe, targets: Targets, proxy, labels: np.ndarray,
            reference: np.ndarray | None) -> tuple[float, float, list[np.ndarray]]:
     """(proxy accuracy, mean relative embedding error vs ``reference``, the embeddings if no reference)."""
@@ -327,15 +365,17 @@ def measure_curves(model: ir.Model, layers: list[Layer], spans: dict[str, Span],
             readout, value = span.readout, span.readout.value
             inputs, fixed = capture.inputs(span.inputs)
             sub = subgraph(proto, span, inputs, fixed)
+            pooled = embedded(sub, readout, targets)
+            sub, output = (sub, value) if pooled is None else (pooled, EMBEDDING)
             proxy = proxies[value]
-            acc0, _, kept = _score(_run(sub, inputs, fixed, value, batch), readout, targets, proxy, labels, None)
+            acc0, _, kept = _score(_run(sub, inputs, fixed, output, batch), readout, targets, proxy, labels, None)
             reference = np.concatenate(kept)
             bar.update(1)
             points = []
             canonical = dense_weight(model, lay)[0] if plain_weight(sub, lay) else None
             for i, ranks in enumerate(work[lay.name]):
                 cand = candidate_model(sub, planner.layer(lay, ranks), canonical)
-                acc, err, _ = _score(_run(cand, inputs, fixed, value, batch), readout, targets, proxy, labels,
+                acc, err, _ = _score(_run(cand, inputs, fixed, output, batch), readout, targets, proxy, labels,
                                      reference)
                 points.append(Point(list(ranks), acc, err, max(acc0 - acc, 0.0) + BETA * err))
                 bar.update(1)
