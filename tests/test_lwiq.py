@@ -141,6 +141,21 @@ def test_proxy_classifier_accumulates_batches():
     np.testing.assert_allclose(np.linalg.norm(whole.weights, axis=1), 1.0)
 
 
+def test_proxy_classifier_predicts_only_imprinted_classes():
+    """Classes never seen in the imprint split are never predicted, even where every seen class scores
+    below their zero rows; the rest is the plain cosine argmax."""
+    rng = np.random.default_rng(1)
+    proxy = ProxyClassifier(50)
+    seen = np.array([3, 17, 41])
+    proxy.add(rng.standard_normal((30, 8)), seen[np.arange(30) % 3])
+    proxy.imprint()
+    emb = rng.standard_normal((200, 8))
+    got = proxy.predict(emb)
+    scores = emb @ proxy.weights[seen].T
+    assert set(got) <= set(seen.tolist()) and (scores.max(axis=1) < 0).any()
+    np.testing.assert_array_equal(got, seen[np.argmax(scores, axis=1)])
+
+
 def test_split_is_stratified_and_disjoint():
     y = np.repeat(np.arange(5), [2, 3, 10, 11, 40])
     imp, held = split_indices(len(y), y, 0.5, seed=0)
