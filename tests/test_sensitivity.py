@@ -132,6 +132,9 @@ def test_embed_positions_pools_width_to_time_steps():
     np.testing.assert_allclose(e, want)
     rows = np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5)
     assert embed_positions(rows, channels_first=False, positions=3).shape == (2, 3, 5)
+    odd = np.random.default_rng(0).random((2, 7, 4))  # T' = 7 to 3 cells: [0, 3), [2, 5), [4, 7) as torch's
+    want = np.stack([odd[:, lo:hi].mean(axis=1) for lo, hi in ((0, 3), (2, 5), (4, 7))], axis=1)
+    np.testing.assert_allclose(embed_positions(odd, channels_first=False, positions=3), want)
 
 
 def _conv_model(path, head: str):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttcompile.analysis.features import BatchRunner, Calibration, embed, model_input
+from ttcompile.analysis.features import BatchRunner, Calibration, embed, model_input, pool_matrix
 from ttcompile.errors import OptionError, UserError, opt
 
 KMEANS_ITERATIONS = 50
@@ -67,10 +67,7 @@ def _width(a: np.ndarray, channels_first: bool) -> int:
 
 def _pool_axis(a: np.ndarray, axis: int, cells: int) -> np.ndarray:
     """Adaptive average pooling of ``a`` along ``axis`` to ``cells`` cells (as torch's AdaptiveAvgPool)."""
-    n = a.shape[axis]
-    bounds = [((i * n) // cells, -((-(i + 1) * n) // cells)) for i in range(cells)]
-    parts = [np.take(a, range(lo, hi), axis=axis).mean(axis=axis, keepdims=True) for lo, hi in bounds]
-    return np.concatenate(parts, axis=axis)
+    return np.moveaxis(np.tensordot(a, pool_matrix(a.shape[axis], cells), axes=([axis], [1])), -1, axis)
 
 
 def embed_positions(a: np.ndarray, channels_first: bool, positions: int) -> np.ndarray:
