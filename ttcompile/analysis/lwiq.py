@@ -166,7 +166,6 @@ class ProxyClassifier:
         self.sums: np.ndarray | None = None  # (K, D) float64
         self.counts = np.zeros(n_classes, dtype=np.int64)
         self.weights: np.ndarray | None = None  # (K, D) unit rows, set by imprint()
-        self._seen: np.ndarray = np.zeros(0, dtype=np.int64)  # imprinted classes, set by imprint()
 
     def add(self, emb: np.ndarray, labels: np.ndarray) -> None:
         """Accumulate ``emb`` (B, D) into the sums of ``labels`` (B,)."""
@@ -179,14 +178,14 @@ class ProxyClassifier:
         """``w_c = mu_c / ||mu_c||`` (a zero mean stays zero)."""
         means = self.sums / np.maximum(self.counts, 1)[:, None]
         self.weights = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-30)
-        self._seen = np.flatnonzero(self.counts)
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
         """Top-1 class ``(B,)`` of ``emb`` (B, D) by cosine similarity, among the classes that were imprinted
         (only their rows are multiplied: a recogniser's 6,625 classes are mostly absent from calibration)."""
-        if not self._seen.size:
+        seen = np.flatnonzero(self.counts)
+        if not seen.size:
             return np.zeros(len(emb), dtype=np.int64)
-        return self._seen[np.argmax(emb @ self.weights[self._seen].T, axis=1)]
+        return seen[np.argmax(emb @ self.weights[seen].T, axis=1)]
 
 
 def split_indices(n: int, labels: np.ndarray | None, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
