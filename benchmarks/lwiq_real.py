@@ -46,7 +46,9 @@ def run(name: str, samples: int, formats: list[str], pseudo: int) -> dict:
     layers = [{"layer": ls.layer.name, "kind": ls.layer.kind, "params": ls.layer.params,
                "acc": ls.proxy_accuracy, "gain": ls.gain, "score": ls.score,
                "curve": {f: [[max(p.ranks), round(p.drop, 4)] for p in a.curves[f][ls.layer.name].points]
-                         for f in a.curves if ls.layer.name in a.curves[f]}} for ls in a.layers]
+                         for f in a.curves if ls.layer.name in a.curves[f]},
+               "transfer": {f: round(a.curves[f][ls.layer.name].transfer, 3)
+                            for f in a.curves if ls.layer.name in a.curves[f]}} for ls in a.layers]
     return {"model": name, "file": str(model.path()), "samples": samples, "input": list(x.shape[1:]),
             "targets": a.targets, "labels": a.calibration["labels"], "input_accuracy": a.input_accuracy,
             "time_s": a.time_s, "layers": layers}
@@ -58,13 +60,14 @@ def markdown(results: list[dict], command: str) -> str:
         lines += [f"## {r['model']}: {r['samples']} generated inputs {tuple(r['input'])}, {r['labels']}",
                   "", f"Analysis {r['time_s']:.0f} s; proxy accuracy on the pooled input {r['input_accuracy']:.3f}.",
                   "",
-                  "| layer | kind | params | proxy acc | gain | score | candidates (max rank: d) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| layer | kind | params | proxy acc | gain | score | t_l | candidates (max rank: d) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for ls in r["layers"]:
             curve = "; ".join(f"{f}: " + ", ".join(f"{k}:{d:.2f}" for k, d in pts[:: max(1, len(pts) // 5)])
                               for f, pts in ls["curve"].items())
+            transfer = ", ".join(f"{t:.2f}" for t in ls.get("transfer", {}).values()) or "-"
             lines.append(f"| {ls['layer']} | {ls['kind']} | {ls['params']:,} | {ls['acc']:.3f} | {ls['gain']:+.3f} "
-                         f"| {ls['score']:.3f} | {curve} |")
+                         f"| {ls['score']:.3f} | {transfer} | {curve} |")
         lines.append("")
     return "\n".join(lines)
 

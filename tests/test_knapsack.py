@@ -57,7 +57,8 @@ def test_lwiq_exact_step_beats_the_hull_on_a_non_convex_curve(mlp):  # noqa: F81
     choose it, the exact step must, and the plan's damage must be the least over all feasible choices."""
     path, layers = mlp
     analysis = fake_analysis(path, layers, (1.0, 1.0, 1.0))
-    ctx = Context(str(path), file_sha256(path), layers, get_format("tt"), allow_more_macs=True, analysis=analysis)
+    ctx = Context(str(path), file_sha256(path), layers, get_format("tt"), allow_more_macs=True, analysis=analysis,
+                  lwiq_damage="linear")  # damage = drop, so the brute force below sums the drops
     planner = search("lwiq", ctx).planner
     curves = analysis.curves["tt"]
     for lay in planner.active:  # make every curve non-convex: a bump in the middle

@@ -69,13 +69,14 @@ def _cut_bonds(plan, fmt) -> int:
     return n
 
 
+@pytest.mark.parametrize("damage", ["linear", "log"])
 @pytest.mark.parametrize("fmt", ["tt", "tr"])
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.4])
-def test_allocation_meets_the_budget_and_never_cuts_a_bond(toy, fmt, fraction):
+def test_allocation_meets_the_budget_and_never_cuts_a_bond(toy, fmt, fraction, damage):
     model, _, a = toy
     m = load_model(model)
     ctx = Context(str(model), file_sha256(model), find_layers(m), get_format(fmt), allow_more_macs=True,
-                  model=m, analysis=a)
+                  model=m, analysis=a, lwiq_damage=damage)
     found = search("lwiq", ctx)
     budget = Budget(params=fraction)
     plan = found.plan(budget)
@@ -275,3 +276,87 @@ def test_the_embedding_made_in_the_graph_is_the_numpy_one(shape):
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     got = make_session(pooled).run([sensitivity.EMBEDDING], {"x": x})[0]
     np.testing.assert_allclose(got, embed(np.maximum(x, 0), True), rtol=1e-5, atol=1e-6)
+
+
+def test_output_drop_is_the_drop_the_model_output_probe_sees(toy):
+    """fc1's reference candidates are read out at fc3's probe (the logits): each ``output_drop`` equals the
+    drop recomputed here from the whole model with fc1 rewritten, classified by prototypes imprinted on
+    the dense logits of the imprint split; fc2 and fc3 (read out at the logits already) have t = 1."""
+    import onnx_ir as ir
+
+    from ttcompile.analysis.lwiq import ProxyClassifier, split_indices
+    from ttcompile.graph import to_proto
+    from ttcompile.planning.planner import Planner
+    from ttcompile.rewrite.compress import rewrite_layer
+    from ttcompile.runtime import make_session
+
+    model, calib, a = toy
+    data = np.load(calib)
+    x, y = data["x"], data["y"]
+    imprint, held = split_indices(len(x), y, 0.5, 0)
+    items = held[:a.calibration["curve_samples"]]
+
+    def logits(proto):
+        return make_session(proto).run(None, {"x": x})[0].astype(np.float64)
+
+    m = load_model(model)
+    dense = logits(to_proto(m))
+    proxy = ProxyClassifier(lwiq_data.K)
+    proxy.add(dense[imprint], y[imprint])
+    proxy.imprint()
+    acc = float((proxy.predict(dense[items]) == y[items]).mean())
+    layers = {lay.name: lay for lay in find_layers(m)}
+    for fmt in ("tt", "tr"):
+        curves = a.curves[fmt]
+        assert curves["fc1"].output == "fc3" and curves["fc2"].output == curves["fc3"].output == ""
+        assert curves["fc2"].transfer == curves["fc3"].transfer == 1.0
+        planner = Planner(list(layers.values()), get_format(fmt), None, allow_more_macs=True)
+        refs = [p for p in curves["fc1"].points if p.output_drop is not None]
+        assert 1 <= len(refs) <= len(sensitivity.TRANSFER_FRACTIONS)
+        for p in refs:
+            mr = ir.from_proto(to_proto(m))
+            rewrite_layer(mr, planner.layer(layers["fc1"], p.ranks))
+            out = logits(to_proto(mr))[items]
+            err = np.mean(np.linalg.norm(out - dense[items], axis=1) / np.linalg.norm(dense[items], axis=1))
+            want = max(acc - float((proxy.predict(out) == y[items]).mean()), 0.0) + sensitivity.BETA * err
+            assert p.output_drop == pytest.approx(want, abs=1e-4), (fmt, p.ranks)
+        t = (sum(p.output_drop for p in refs) + sensitivity.STOP_DROP) / (sum(p.drop for p in refs)
+                                                                          + sensitivity.STOP_DROP)
+        assert curves["fc1"].transfer == pytest.approx(t)
+
+
+@pytest.mark.parametrize("damage", ["log", "linear"])
+@pytest.mark.parametrize("fraction", [0.05, 0.1])
+def test_output_weights_move_parameters_to_the_layer_whose_damage_reaches_the_output(toy, fraction, damage):
+    """With fc1's reference drops made 10x larger at the output probe, the default ``output`` weights give
+    fc1 more parameters than ``flat`` weights do at the same budget (TR), and the plan still meets it."""
+    import copy
+
+    model, _, a = toy
+    boosted = copy.deepcopy(a)
+    fc1 = boosted.curves["tr"]["fc1"]
+    for p in fc1.points:
+        p.output_drop = 10 * p.drop
+    assert fc1.transfer > 5
+    m = load_model(model)
+    kept = {}
+    for weights in ("output", "flat"):
+        ctx = Context(str(model), file_sha256(model), find_layers(m), get_format("tr"), allow_more_macs=True,
+                      model=m, analysis=boosted, lwiq_weights=weights, lwiq_damage=damage)
+        plan = allocate("lwiq", ctx, Budget(params=fraction))
+        assert plan.settings["budget"]["achieved"]["params"] <= plan.settings["budget"]["targets"]["params"]
+        lp = next(lp for lp in plan.layers if lp.name == "fc1")
+        kept[weights] = lp.params if lp.action == "compress" else lp.layer.params
+        assert plan.settings["weight"]["fc1"] == pytest.approx(fc1.transfer if weights == "output" else 1.0,
+                                                                abs=1e-4)
+    assert kept["output"] > kept["flat"]
+
+
+def test_log_damage_prices_a_destroyed_layer_as_a_destroyed_network():
+    from ttcompile.planning.allocators import LOG_CAP, damage
+
+    assert damage(0.3, "linear") == 0.3
+    assert damage(0.3, "log") == pytest.approx(-np.log(0.7))
+    # two layers that each keep 70 % of the output cost what one keeping 49 % costs
+    assert 2 * damage(0.3, "log") == pytest.approx(damage(0.51, "log"))
+    assert damage(5.0, "log") == damage(LOG_CAP, "log") > 10 * damage(0.3, "log")

@@ -68,7 +68,8 @@ def plan(model: ModelLike, *, format: str = "tt", ratio: float | None = None, ra
          budget: str | dict | Budget | None = None, calib: DataLike | None = None, allocator: str | None = None,
          analysis: Analysis | str | os.PathLike | None = None, modes: dict[str, dict] | None = None,
          input_shapes: dict[str, tuple[int, ...]] | None = None, force: bool = False,
-         allow_more_macs: bool = False, lwiq_weights: str = "flat", calib_batch: int = 256,
+         allow_more_macs: bool = False, lwiq_weights: str = "output", lwiq_damage: str = "log",
+         calib_batch: int = 256,
          pseudo_classes: int = 10, latency: LatencyOptions | None = None, progress: bool = False) -> Plan:
     """Per layer the format, modes, ranks and cost: uniform (``ranks`` int, or ``{layer: [r, ..]}``; or
     ``ratio``) or, with a ``budget`` (``"params=0.1"``, ``{"macs": 0.5}``, ``latency=`` measured on
@@ -77,7 +78,7 @@ def plan(model: ModelLike, *, format: str = "tt", ratio: float | None = None, ra
     return plan_model(resolve_model(model), _options(
         format, ratio, ranks, budget=budget, calib=calib, allocator=allocator, analysis=analysis, modes=modes,
         input_shapes=input_shapes, force=force, allow_more_macs=allow_more_macs, lwiq_weights=lwiq_weights,
-        calib_batch=calib_batch, pseudo_classes=pseudo_classes, latency=latency), progress)
+        lwiq_damage=lwiq_damage, calib_batch=calib_batch, pseudo_classes=pseudo_classes, latency=latency), progress)
 
 
 def compress(model: ModelLike, *, format: str = "tt", ratio: float | None = None, ranks: Ranks = None,
@@ -87,7 +88,8 @@ def compress(model: ModelLike, *, format: str = "tt", ratio: float | None = None
              recovery: RecoverySettings | None = None, calib_samples: int | None = None,
              analysis: Analysis | str | os.PathLike | None = None, modes: dict[str, dict] | None = None,
              input_shapes: dict[str, tuple[int, ...]] | None = None, force: bool = False,
-             allow_more_macs: bool = False, lwiq_weights: str = "flat", calib_batch: int = 256,
+             allow_more_macs: bool = False, lwiq_weights: str = "output", lwiq_damage: str = "log",
+         calib_batch: int = 256,
              pseudo_classes: int = 10, latency: LatencyOptions | None = None, train: DataLike | None = None,
              val: DataLike | None = None, training: TrainSettings | None = None, backend: str = "torch",
              data: DataLike | None = None, samples: int = 64) -> Compressed:
@@ -107,8 +109,8 @@ def compress(model: ModelLike, *, format: str = "tt", ratio: float | None = None
     source = resolve_model(model)
     options = _options(format, ratio, ranks, budget=budget, calib=calib, allocator=allocator, analysis=analysis,
                        modes=modes, input_shapes=input_shapes, force=force, allow_more_macs=allow_more_macs,
-                       lwiq_weights=lwiq_weights, calib_batch=calib_batch, pseudo_classes=pseudo_classes,
-                       latency=latency)
+                       lwiq_weights=lwiq_weights, lwiq_damage=lwiq_damage, calib_batch=calib_batch,
+                       pseudo_classes=pseudo_classes, latency=latency)
     return compress_source(
         source, plan=plan, options=options, recovery=_recovery(calib, init, recover, recovery, progress),
         calib_samples=calib_samples,

@@ -25,8 +25,10 @@ Procedure (design notes, methods.md section 1):
    had (acc_0 = chance or 0 would hand the first layer nearly all the credit).
 5. Sensitivity curves (``ttcompile.analysis.sensitivity``), per requested format: during the held-out pass the
    inputs of every layer's probe subgraph are captured; each layer is then rewritten at every candidate
-   of its one-knob rank family and classified by the prototypes of step 3, giving ``d_l(r)``. The rank
-   allocator (``ttcompile.planning.allocators``, ``lwiq``) spends a budget on these curves with one multiplier.
+   of its one-knob rank family and classified by the prototypes of step 3, giving ``d_l(r)``; a few
+   reference candidates are also read out at the output probe, giving the layer's transfer ``t_l``. The
+   rank allocator (``ttcompile.planning.allocators``, ``lwiq``) spends a budget on ``t_l d_l(r)`` with one
+   multiplier.
 
 Items and classes come from ``ttcompile.analysis.targets``: the data's labels, the model's top-1, per-position
 classes of a sequence output, or k-means pseudo-classes of any other output.
@@ -51,7 +53,8 @@ from ttcompile.analysis.features import (
     model_input,
     probe_model,
 )
-from ttcompile.analysis.sensitivity import CURVE_SAMPLES, DROP_FORMULA, Capture, Curve, layer_span, measure_curves
+from ttcompile.analysis.sensitivity import CURVE_SAMPLES, DROP_FORMULA, TRANSFER_FORMULA, Curve, measure_curves
+from ttcompile.analysis.spans import Capture, layer_span, output_span
 from ttcompile.analysis.targets import Targets, make_targets
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import OptionError, UserError, opt
@@ -63,7 +66,7 @@ from ttcompile.planning.plan import check_types
 from ttcompile.planning.planner import Planner
 from ttcompile.sources import DataLike, ModelId, ModelLike, Source, data_spec, model_id, resolve_model
 
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 EPSILON = 1e-3
 INPUT = "<model input>"
 SCORE_FORMULA = ("gain_l = acc_l - acc_prev(l); s_l = max(gain_l, eps); score_l = s_l / max_j s_j; "
@@ -114,6 +117,7 @@ class Analysis:
     epsilon: float = EPSILON
     formula: str = SCORE_FORMULA
     drop_formula: str = DROP_FORMULA
+    transfer_formula: str = TRANSFER_FORMULA
     embedding_target: int = EMBEDDING_TARGET
 
     @property
@@ -243,7 +247,7 @@ def analyze(
 
     ``formats``: the formats to measure sensitivity curves in (none: scores only); ``modes`` overrides
     factorisations per layer as ``compress --modes`` does; ``readout``: where a layer's candidates are
-    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.analysis.sensitivity.layer_span``).
+    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.analysis.spans.layer_span``).
     """
     start = time.perf_counter()
     source = model_path if isinstance(model_path, Source) else resolve_model(model_path)
@@ -269,7 +273,9 @@ def analyze(
     x_name = model_input(proto).name
     spans = {p.layer: layer_span(model, probes, p, readout) for p in probes
              if any(p.layer in pl.caps for pl in planners.values())}
-    needed = sorted({n for span in spans.values() for n in span.inputs})
+    tails = {p.layer: tail for p in probes if p.layer in spans
+             for tail in [output_span(model, probes, p, spans[p.layer])] if tail is not None}
+    needed = sorted({n for span in [*spans.values(), *tails.values()] for n in span.inputs})
     channels_first = {p.value: p.channels_first for p in probes} | {INPUT: calib.x.ndim > 2}
     outputs = list(dict.fromkeys([logits, *values, *(n for n in needed if n != x_name)]))
     runner = BatchRunner(probe_model(model, outputs[1:]), model_input(proto), outputs, batch)
@@ -299,7 +305,7 @@ def analyze(
         accuracy = {v: h / items for v, h in hits.items()}
         curve_labels = targets.items(held_idx[:capture.samples])
         curves = {name: measure_curves(model, layers, spans, capture, planner, targets, proxies, curve_labels,
-                                       batch=runner.batch, progress=progress)
+                                       tails=tails, batch=runner.batch, progress=progress)
                   for name, planner in planners.items()}
     finally:
         capture.close()

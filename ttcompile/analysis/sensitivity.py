@@ -31,8 +31,23 @@ every probe (``ttcompile.analysis.lwiq``):
    ``e_l`` is the continuous companion that orders candidates where the accuracy is flat. Candidates run in
    increasing parameters and stop at the first with ``d_l <= STOP_DROP`` (the rest could gain less than
    that over it while costing more).
+5. Transfer to the output (``output_span``, ``Curve.transfer``, ``TRANSFER_FORMULA``). A read-out probe sees
+   what a layer's error does one layer later, which misprices layers against each other: the skip
+   connection of a residual block hides most of a branch layer's damage there, and a probe whose proxy
+   accuracy is saturated (the last stage of an MNIST ResNet) prices candidates by the ``BETA e_l``
+   tie-breaker alone. So the reference candidates (the measured ones with params nearest
+   ``TRANSFER_FRACTIONS`` of the layer's) also run from the layer to its output probe, the last probe that
+   depends on it (the model's last layer for a chain or a ResNet), and get the same drop there,
+   ``D_l(r)``, against that probe's prototypes. ``t_l = (sum D_l + STOP_DROP) / (sum d_l + STOP_DROP)``
+   (the constant keeps layers whose drops are both about 0 near 1) is the default weight ``w_l`` of the
+   allocator (``ttcompile.planning.allocators``, ``lwiq``). ResNet-20 TR: t_l from 0.30 (``conv2d_6``)
+   to 6.9 (``conv2d_1``); the residual-branch ``conv2d_4`` that the curves alone crushed gets 3.8.
+   ``D_l(r)`` is the drop of the whole model with only that layer at ``r``
+   (``test_output_drop_is_the_drop_the_model_output_probe_sees``).
 
-Cost: one capture pass plus, per layer, one run of its span per candidate (one or two layers, not the model).
+Cost: one capture pass plus, per layer, one run of its span per candidate (one or two layers, not the model)
+and at most ``len(TRANSFER_FRACTIONS)`` runs from the layer to the output (the dense output is the model's
+own, computed once per output probe).
 Running plain-weight candidates without building their chains and pooling the read-out in the graph took
 ResNet-20's TR analysis (``analysis.lwiq.analyze``, 2 runs each) from 42 to 27 s of CPU time, same curves.
 The candidate runs and their embeddings were 85 % of ResNet-20's TT analysis with 500 curve items (237 of
@@ -43,49 +58,58 @@ the parameters where the own-probe one gave 82.8 % (``ttcompile analyze --readou
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
-from ttcompile.analysis.features import Probe, pool_cells, pool_matrix
+from ttcompile.analysis.features import Probe
+from ttcompile.analysis.spans import (
+    EMBEDDING,
+    Capture,
+    Span,
+    embedded,
+    run_span,
+    subgraph,
+)
 from ttcompile.analysis.targets import Targets
 from ttcompile.graph import to_proto
-from ttcompile.layers import Layer, dense_weight, find_node, stored_weight
+from ttcompile.layers import Layer, dense_weight, stored_weight
 from ttcompile.passes.base import get_format
 from ttcompile.planning.plan import LayerPlan
 from ttcompile.planning.planner import Planner
-from ttcompile.protos import run_batched
 from ttcompile.rewrite.compress import rewrite_layer
-from ttcompile.runtime import make_session
 
 BETA = 0.1
-EMBEDDING = "ttcompile_embedding"  # output of a span that embeds its read-out in the graph (``embedded``)
 PLAIN_OPS = ("Conv", "Gemm", "MatMul")  # nodes whose candidates may run with the weight they compute with
 CURVE_SAMPLES = 256  # one ORT batch per candidate; see the module docstring, 'Cost'
-READOUTS = ("next", "own")
 STOP_DROP = 0.005  # a layer's candidates stop at the first one this close to dense
+TRANSFER_FRACTIONS = (0.05, 0.2)  # reference candidates' params / the layer's, for the transfer t_l
 CANDIDATE_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192,
                   224, 256, 320, 384, 448, 512)
 FRACTION_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8)
 DROP_FORMULA = (f"d_l(r) = max(acc_l - acc_l(r), 0) + {BETA} * e_l(r); acc_l(r): proxy accuracy of the layer "
                 "rewritten at ranks r, classified by the prototypes imprinted on the original features; "
                 "e_l(r): mean relative embedding error against the dense layer")
+TRANSFER_FORMULA = (f"t_l = (sum_r D_l(r) + {STOP_DROP}) / (sum_r d_l(r) + {STOP_DROP}) over the reference candidates "
+                    f"r (params nearest {', '.join(map(str, TRANSFER_FRACTIONS))} of the layer's); D_l(r): the same "
+                    "drop read out at the output probe (the last probe that depends on the layer); 1 where that is "
+                    "the read-out")
 
 
 @dataclass
 class Point:
-    """One measured candidate: ``ranks``, proxy accuracy, embedding error and the drop ``d_l(r)``."""
+    """One measured candidate: ``ranks``, proxy accuracy, embedding error and the drop ``d_l(r)``; for a
+    reference candidate also ``output_drop``, the same drop read out at the output probe (``D_l(r)``)."""
 
     ranks: list[int]
     accuracy: float
     feature_error: float
     drop: float
+    output_drop: float | None = None
 
 
 @dataclass
@@ -98,6 +122,15 @@ class Curve:
     accuracy: float  # acc_l of the dense layer on the curve items
     points: list[Point]
     readout: str = ""  # the layer whose probe classifies (itself, or the next layer)
+    output: str = ""  # the layer whose probe the reference candidates were read out at ("": not measured)
+
+    @property
+    def transfer(self) -> float:
+        """``t_l = (sum_r D_l(r) + STOP_DROP) / (sum_r d_l(r) + STOP_DROP)`` over the reference candidates (the
+        ones with an ``output_drop``); 1 where none was measured (the read-out already is the output probe)."""
+        refs = [p for p in self.points if p.output_drop is not None]
+        return ((sum(p.output_drop for p in refs) + STOP_DROP) / (sum(p.drop for p in refs) + STOP_DROP)
+                if refs else 1.0)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -132,132 +165,6 @@ def candidate_ranks(planner: Planner, layer: Layer) -> list[list[int]]:
         if params < layer.params:
             seen.setdefault(tuple(ranks), params)
     return [list(k) for k, _ in sorted(seen.items(), key=lambda kv: (kv[1], kv[0]))]
-
-
-@dataclass(frozen=True)
-class Span:
-    """What one layer's candidates run: ``nodes`` (graph order) from the layer to the read-out probe's value,
-    the data ``inputs`` they read from outside, and the ``readout`` probe whose prototypes classify."""
-
-    nodes: tuple[str, ...]
-    inputs: tuple[str, ...]
-    readout: Probe
-
-
-def _downstream(model: ir.Model, start: ir.Node) -> set[str]:
-    """Names of the values that depend on ``start``'s outputs."""
-    seen: set[str] = set()
-    todo = list(start.outputs)
-    while todo:
-        v = todo.pop()
-        if v.name in seen:
-            continue
-        seen.add(v.name)
-        todo.extend(out for use in v.uses() for out in use.node.outputs)
-    return seen
-
-
-def layer_span(model: ir.Model, probes: list[Probe], probe: Probe, readout: str = "next") -> Span:
-    """The span of ``probe``'s layer read out at its own probe (``own``) or at the next one (``next``: the
-    first probe whose previous probe is this one, e.g. the next layer after its BN/Relu; own for the last)."""
-    if readout not in READOUTS:
-        raise ValueError(f"unknown read-out {readout!r}")
-    target = probe
-    if readout == "next":
-        target = next((q for q in probes if q.previous == probe.value and q.layer != probe.layer), probe)
-    layer_node = find_node(model, probe.layer)
-    depends = _downstream(model, layer_node)
-    chosen: dict[str, ir.Node] = {n: find_node(model, n) for n in probe.nodes}
-    producer = {o.name: n for n in model.graph for o in n.outputs}
-    todo = [target.value]
-    while todo:  # backwards from the read-out value through values that depend on the layer
-        v = todo.pop()
-        node = producer.get(v)
-        if node is None or node.name in chosen or v not in depends:
-            continue
-        chosen[node.name] = node
-        todo.extend(i.name for i in node.inputs if i is not None and i.const_value is None)
-    order = [n for n in model.graph if n.name in chosen]
-    inside = {o.name for n in order for o in n.outputs}
-    inputs = [i.name for n in order for i in n.inputs
-              if i is not None and i.const_value is None and not i.is_initializer() and i.name not in inside]
-    return Span(tuple(n.name for n in order), tuple(dict.fromkeys(inputs)), target)
-
-
-class Capture:
-    """Held-out values of every span input, written batch by batch into memory-mapped ``.npy`` files.
-
-    A value whose leading axis is not the batch (a shape computed by Shape/Concat, a constant subgraph) is
-    kept once, as the first batch gave it, in ``fixed``.
-    """
-
-    def __init__(self, names: list[str], samples: int):
-        self.names, self.samples = list(dict.fromkeys(names)), samples
-        self._dir = tempfile.TemporaryDirectory(prefix="ttcompile-capture-")
-        self.arrays: dict[str, np.ndarray] = {}
-        self.fixed: dict[str, np.ndarray] = {}
-        self.filled = 0
-
-    def add(self, batch: dict[str, np.ndarray], n: int) -> None:
-        """Append the next ``n`` samples (``batch[name]`` is ``(n, ...)``) until ``samples`` are held."""
-        take = min(self.samples - self.filled, n)
-        if take <= 0:
-            return
-        for name in self.names:
-            a = batch[name]
-            if name in self.fixed or (name not in self.arrays and (a.ndim == 0 or a.shape[0] != n)):
-                self.fixed.setdefault(name, np.array(a))
-                continue
-            if name not in self.arrays:
-                path = Path(self._dir.name) / f"{len(self.arrays)}.npy"
-                self.arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=a.dtype,
-                                                              shape=(self.samples, *a.shape[1:]))
-            self.arrays[name][self.filled:self.filled + take] = a[:take]
-        self.filled += take
-
-    def inputs(self, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(batch-major arrays, fixed values) of ``names``."""
-        return ({n: self.arrays[n] for n in names if n in self.arrays},
-                {n: self.fixed[n] for n in names if n in self.fixed})
-
-    def close(self) -> None:
-        self.arrays.clear()
-        self._dir.cleanup()
-
-
-def subgraph(proto: onnx.ModelProto, span: Span, inputs: dict[str, np.ndarray],
-             fixed: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The span's nodes as a model: ``inputs`` (name -> captured ``(N, ...)`` array) and ``fixed`` values in,
-    the read-out value out.
-
-    Nodes and initializers are copied from ``proto``; inputs get a dynamic batch and the captured sample
-    shape, fixed values their own shape; the output is declared with the inputs' element type, no shape.
-    """
-    by_name = {n.name: n for n in proto.graph.node}
-    nodes = [by_name[name] for name in span.nodes]
-    used = {i for n in nodes for i in n.input}
-    inits = [t for t in proto.graph.initializer if t.name in used]
-
-    def info(name: str, a: np.ndarray, dims: list) -> onnx.ValueInfoProto:
-        return onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), dims)
-
-    vi = [info(name, a, ["N", *a.shape[1:]]) for name, a in inputs.items()]
-    vi += [info(name, a, list(a.shape)) for name, a in fixed.items()]
-    out = onnx.helper.make_tensor_value_info(span.readout.value, vi[0].type.tensor_type.elem_type, None)
-    graph = onnx.helper.make_graph(nodes, f"span_{span.readout.layer}", vi, [out], inits)
-    return onnx.helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
-
-
-def _run(sub: onnx.ModelProto, inputs: dict[str, np.ndarray], fixed: dict[str, np.ndarray], output: str,
-         batch: int) -> Iterator[np.ndarray]:
-    """Outputs of ``sub`` on ``inputs`` (and the ``fixed`` values), batch by batch. A static batch dim is fed
-    exactly; with fixed values (which may encode the batch size) every run gets ``batch`` samples. The last
-    batch is padded then."""
-    sess = make_session(sub)
-    dims = sess.get_inputs()[0].shape
-    static = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
-    yield from run_batched(lambda feeds: sess.run([output], {**feeds, **fixed})[0], inputs, static or batch,
-                           pad=bool(static or fixed))
 
 
 def plain_weight(sub: onnx.ModelProto, layer: Layer) -> bool:
@@ -295,40 +202,6 @@ def candidate_model(sub: onnx.ModelProto, lp: LayerPlan, canonical: np.ndarray |
     return out
 
 
-def embedded(sub: onnx.ModelProto, probe: Probe, targets: Targets) -> onnx.ModelProto | None:
-    """``sub`` ending in the read-out's embedding ``(N, D)`` made by ONNX ops (``features.embed``'s pooling:
-    MatMul by each spatial axis' pooling matrix, then Flatten), so a candidate hands back D numbers per item,
-    not its map; None where numpy embeds instead (sequence targets, a map that is not a float32
-    channels-first ``(N, C, L)`` / ``(N, C, H, W)`` of known dims)."""
-    if targets.kind == "sequence" or not probe.channels_first:
-        return None
-    try:
-        out = onnx.shape_inference.infer_shapes(sub).graph.output[0].type.tensor_type
-    except (onnx.shape_inference.InferenceError, ValueError):
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in out.shape.dim]
-    if out.elem_type != onnx.TensorProto.FLOAT or len(dims) not in (3, 4) or None in dims[1:]:
-        return None
-    spatial = dims[2:]
-    cells = pool_cells(dims[1], tuple(spatial))
-    last = onnx.numpy_helper.from_array(pool_matrix(spatial[-1], cells[-1]).T.astype(np.float32), f"{EMBEDDING}_w")
-    inits, nodes = [last], [onnx.helper.make_node("MatMul", [probe.value, last.name], [f"{EMBEDDING}_a"])]
-    pooled = f"{EMBEDDING}_a"
-    if len(spatial) == 2:  # (s_h, H) @ (N, C, H, s_w) broadcasts to (N, C, s_h, s_w)
-        first = onnx.numpy_helper.from_array(pool_matrix(spatial[0], cells[0]).astype(np.float32), f"{EMBEDDING}_h")
-        inits.append(first)
-        nodes.append(onnx.helper.make_node("MatMul", [first.name, pooled], [f"{EMBEDDING}_b"]))
-        pooled = f"{EMBEDDING}_b"
-    nodes.append(onnx.helper.make_node("Flatten", [pooled], [EMBEDDING], axis=1))
-    model = onnx.ModelProto()
-    model.CopyFrom(sub)
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(inits)
-    del model.graph.output[:]
-    model.graph.output.append(onnx.helper.make_tensor_value_info(EMBEDDING, onnx.TensorProto.FLOAT, None))
-    return model
-
-
 def _score(outputs: Iterator[np.ndarray], probe: Probe, targets: Targets, proxy, labels: np.ndarray,
            reference: np.ndarray | None) -> tuple[float, float, list[np.ndarray]]:
     """(proxy accuracy, mean relative embedding error vs ``reference``, the embeddings if no reference)."""
@@ -345,43 +218,91 @@ def _score(outputs: Iterator[np.ndarray], probe: Probe, targets: Targets, proxy,
     return hits / at, err / at, kept
 
 
+@dataclass
+class _Bench:
+    """A span cut out as a model on its captured inputs (read-out embedded where it can be), its proxy, and
+    the dense span's proxy accuracy and embeddings."""
+
+    sub: onnx.ModelProto
+    output: str
+    inputs: dict[str, np.ndarray]
+    fixed: dict[str, np.ndarray]
+    readout: Probe
+    proxy: object
+    accuracy: float
+    reference: np.ndarray
+
+
+def _bench(proto: onnx.ModelProto, span: Span, capture: Capture, targets: Targets, proxies: dict,
+           labels: np.ndarray, batch: int, dense: dict[str, tuple[float, np.ndarray]]) -> _Bench:
+    """``span`` made runnable; its dense read-out is taken from (and kept in) ``dense`` by read-out value: the
+    dense span computes the model's own value there, whichever layer it starts at."""
+    inputs, fixed = capture.inputs(span.inputs)
+    sub = subgraph(proto, span, inputs, fixed)
+    pooled = embedded(sub, span.readout, targets)
+    sub, output = (sub, span.readout.value) if pooled is None else (pooled, EMBEDDING)
+    proxy = proxies[span.readout.value]
+    if span.readout.value not in dense:
+        acc, _, kept = _score(run_span(sub, inputs, fixed, output, batch), span.readout, targets, proxy, labels, None)
+        dense[span.readout.value] = acc, np.concatenate(kept)
+    return _Bench(sub, output, inputs, fixed, span.readout, proxy, *dense[span.readout.value])
+
+
+def _measure(bench: _Bench, lp: LayerPlan, canonical: np.ndarray | None, targets: Targets, labels: np.ndarray,
+             batch: int) -> tuple[float, float, float]:
+    """(proxy accuracy, embedding error, drop ``max(acc - acc(r), 0) + BETA e``) of candidate ``lp`` in ``bench``."""
+    cand = candidate_model(bench.sub, lp, canonical)
+    acc, err, _ = _score(run_span(cand, bench.inputs, bench.fixed, bench.output, batch), bench.readout, targets,
+                         bench.proxy, labels, bench.reference)
+    return acc, err, max(bench.accuracy - acc, 0.0) + BETA * err
+
+
+def reference_points(planner: Planner, layer: Layer, points: list[Point]) -> list[int]:
+    """Indices of the measured candidates whose params are nearest ``TRANSFER_FRACTIONS`` of the layer's."""
+    share = [planner.layer(layer, p.ranks).params / layer.params for p in points]
+    return sorted({min(range(len(points)), key=lambda i: abs(share[i] - f)) for f in TRANSFER_FRACTIONS} if points
+                  else [])
+
+
 def measure_curves(model: ir.Model, layers: list[Layer], spans: dict[str, Span], capture: Capture,
-                   planner: Planner, targets: Targets, proxies: dict, labels: np.ndarray, *, batch: int = 256,
-                   progress: bool = False) -> dict[str, Curve]:
+                   planner: Planner, targets: Targets, proxies: dict, labels: np.ndarray, *,
+                   tails: dict[str, Span] | None = None, batch: int = 256, progress: bool = False) -> dict[str, Curve]:
     """Sensitivity curve of every layer ``planner`` can rewrite (see the module docstring).
 
-    ``spans`` (``layer_span``) by layer name; ``proxies`` maps probe values to imprinted ``ProxyClassifier``s;
-    ``labels`` are the captured items' labels.
+    ``spans`` (``layer_span``) by layer name; ``tails`` (``output_span``) by layer name where the output probe
+    is not the span's read-out: the reference candidates also get their drop there (``Point.output_drop``);
+    ``proxies`` maps probe values to imprinted ``ProxyClassifier``s; ``labels`` are the captured items' labels.
     """
-    proto = to_proto(model)
+    proto, tails = to_proto(model), tails or {}
     active = [lay for lay in layers if lay.name in planner.caps]
     work = {lay.name: candidate_ranks(planner, lay) for lay in active}
-    bar = tqdm(total=sum(len(c) + 1 for c in work.values()), unit="run", desc=f"lwiq curves ({planner.fmt.name})",
+    bar = tqdm(total=sum(len(c) + 1 + (len(TRANSFER_FRACTIONS) if lay.name in tails else 0) for lay, c in
+                         zip(active, work.values())), unit="run", desc=f"lwiq curves ({planner.fmt.name})",
                disable=not progress)
     curves: dict[str, Curve] = {}
+    dense: dict[str, tuple[float, np.ndarray]] = {}
     with bar:
         for lay in active:
-            span = spans[lay.name]
-            readout, value = span.readout, span.readout.value
-            inputs, fixed = capture.inputs(span.inputs)
-            sub = subgraph(proto, span, inputs, fixed)
-            pooled = embedded(sub, readout, targets)
-            sub, output = (sub, value) if pooled is None else (pooled, EMBEDDING)
-            proxy = proxies[value]
-            acc0, _, kept = _score(_run(sub, inputs, fixed, output, batch), readout, targets, proxy, labels, None)
-            reference = np.concatenate(kept)
+            bench = _bench(proto, spans[lay.name], capture, targets, proxies, labels, batch, dense)
             bar.update(1)
             points = []
-            canonical = dense_weight(model, lay)[0] if plain_weight(sub, lay) else None
+            canonical = dense_weight(model, lay)[0] if plain_weight(bench.sub, lay) else None
             for i, ranks in enumerate(work[lay.name]):
-                cand = candidate_model(sub, planner.layer(lay, ranks), canonical)
-                acc, err, _ = _score(_run(cand, inputs, fixed, output, batch), readout, targets, proxy, labels,
-                                     reference)
-                points.append(Point(list(ranks), acc, err, max(acc0 - acc, 0.0) + BETA * err))
+                points.append(Point(list(ranks), *_measure(bench, planner.layer(lay, ranks), canonical, targets,
+                                                           labels, batch)))
                 bar.update(1)
                 if points[-1].drop <= STOP_DROP:  # larger candidates can only gain < STOP_DROP and cost more
                     bar.update(len(work[lay.name]) - i - 1)
                     break
-            curves[lay.name] = Curve(lay.name, planner.fmt.name, planner.modes[lay.name], acc0, points,
-                                     readout.layer)
+            output = ""
+            if lay.name in tails:
+                tail = _bench(proto, tails[lay.name], capture, targets, proxies, labels, batch, dense)
+                refs = reference_points(planner, lay, points)
+                for i in refs:
+                    points[i].output_drop = _measure(tail, planner.layer(lay, points[i].ranks), canonical, targets,
+                                                     labels, batch)[2]
+                bar.update(len(TRANSFER_FRACTIONS))
+                output = tail.readout.layer
+            curves[lay.name] = Curve(lay.name, planner.fmt.name, planner.modes[lay.name], bench.accuracy, points,
+                                     bench.readout.layer, output)
     return curves

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 import ttcompile
-from ttcompile.analysis.sensitivity import CURVE_SAMPLES, READOUTS
+from ttcompile.analysis.sensitivity import CURVE_SAMPLES, TRANSFER_FORMULA
+from ttcompile.analysis.spans import READOUTS
 from ttcompile.benchmark.tables import align, count
 from ttcompile.cli.argtypes import batch_int, float_in, int_in
 from ttcompile.cli.cli_options import parse_mode_overrides
@@ -59,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"score: {a.formula} (eps = {a.epsilon:g})")
     for fmt, curves in a.curves.items():
         print(f"\nsensitivity curves ({fmt}): {a.drop_formula}")
-        crows = [[name, f"{c.accuracy:.4f}", str(len(c.points)),
+        crows = [[name, f"{c.accuracy:.4f}", str(len(c.points)), f"{c.transfer:.3f}", c.output or c.readout,
                   ", ".join(f"r{max(p.ranks)}:{p.drop:.3f}" for p in c.points[:: max(1, len(c.points) // 6)])]
                  for name, c in curves.items()]
-        print("\n".join(align(["layer", "acc (dense)", "candidates", "d_l(r) at some ranks"], crows)))
+        print("\n".join(align(["layer", "acc (dense)", "candidates", "t_l", "output at", "d_l(r) at some ranks"],
+                               crows)))
+        print(f"t_l: {TRANSFER_FORMULA}")
     print(f"wrote {args.output} in {a.time_s:.2f} s ({c['batches']} batches of <= {c['batch']})")
     return 0

@@ -8,7 +8,7 @@ import argparse
 from ttcompile.analysis.calibrated import RECOVER_EPOCHS, RECOVER_LR, Settings
 from ttcompile.analysis.recovery import RECOVER_STEPS
 from ttcompile.cli.argtypes import batch_int, count_int, threads_int
-from ttcompile.planning.allocators import ALLOCATORS, LWIQ_WEIGHTS
+from ttcompile.planning.allocators import ALLOCATORS, LWIQ_DAMAGES, LWIQ_WEIGHTS
 from ttcompile.planning.plan import Plan
 from ttcompile.planning.request import LatencyOptions
 from ttcompile.train.settings import TrainSettings
@@ -24,8 +24,12 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--analysis", help="LWIQ scores from 'ttcompile analyze' (no model run needed)")
     g.add_argument("--calib", help="calibration data (.npz with x[, y] or a dataset spec) for lwiq/greedy")
     g.add_argument("--calib-batch", type=int, default=256, help="samples per ORT run on calibration data")
-    g.add_argument("--lwiq-weights", choices=LWIQ_WEIGHTS, default="flat",
-                   help="lwiq: weight of each layer's proxy-accuracy drop (flat: 1; gain: its LWIQ score)")
+    g.add_argument("--lwiq-weights", choices=LWIQ_WEIGHTS, default="output",
+                   help="lwiq: weight of each layer's drop (output: its measured transfer to the output probe, "
+                        "the default; flat: 1; gain: its LWIQ score)")
+    g.add_argument("--lwiq-damage", choices=LWIQ_DAMAGES, default="log",
+                   help="lwiq: damage of a weighted drop x (log: -log(1 - x), the default, one destroyed layer "
+                        "costs a destroyed network; linear: x)")
     g.add_argument("--batch", type=batch_int, default=1, help="latency budget: batch size it is measured at")
     g.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="latency budget: execution provider")
     g.add_argument("--pseudo-classes", type=int, default=10,
@@ -85,10 +89,10 @@ def compress_kwargs(args: argparse.Namespace) -> dict:
         recovery = Settings(mode=args.recover_mode, recover_steps=args.recover_steps, epochs=args.recover_epochs,
                             lr=args.recover_lr, threads=args.threads)
     return dict(budget=args.budget, calib=args.calib, allocator=args.allocator, analysis=args.analysis,
-                calib_batch=args.calib_batch, lwiq_weights=args.lwiq_weights, pseudo_classes=args.pseudo_classes,
-                latency=LatencyOptions(args.provider, args.batch, args.threads), init=args.init,
-                recover=args.recover, recovery=recovery, calib_samples=args.calib_samples, train=args.train,
-                val=args.val, training=training, backend=args.backend)
+                calib_batch=args.calib_batch, lwiq_weights=args.lwiq_weights, lwiq_damage=args.lwiq_damage,
+                pseudo_classes=args.pseudo_classes, latency=LatencyOptions(args.provider, args.batch, args.threads),
+                init=args.init, recover=args.recover, recovery=recovery, calib_samples=args.calib_samples,
+                train=args.train, val=args.val, training=training, backend=args.backend)
 
 
 def describe(plan: Plan) -> str:

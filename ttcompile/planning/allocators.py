@@ -10,17 +10,18 @@ R_{l,k})``.
 
 * ``lwiq`` (knob t = 1/lambda): the sensitivity curves of ``ttcompile.analysis.sensitivity`` (measured once by
   ``ttcompile analyze`` in the plan's format). Each layer l has candidates r (the measured one-knob ranks,
-  valid under the MAC rule) plus "dense", with damage ``w_l d_l(r)`` (dense: 0) and cost
-  ``c_l(r) = sum_m size_m(l, r) / base_m`` over the budgeted metrics m (params and/or MACs, as fractions
-  of the compressible totals). One multiplier picks ``r_l(lambda) = argmin_r [w_l d_l(r) + lambda c_l(r)]``
-  on each lower convex hull (``ttcompile.planning.hull``); the solver bisects t. Weights ``w_l``: ``flat`` (1, the
-  default) or ``gain`` (the LWIQ score ``s^_l``, the marginal proxy-accuracy gain). Candidates: t = 0 and
-  the midpoints between the hulls' breakpoints, so each candidate is one distinct, reproducible rank set.
-  The multiplier reaches only hull vertices; at tight budgets the best combination often uses points
-  between them (LeNet-5 TR at 1/20 and 1/50: the conv2 candidate above conv2's hull chord). So the solve
-  then minimises the same objective ``sum_l w_l d_l(r_l)`` exactly over all measured candidates within
-  the budget (``LwiqExact``, a multiple-choice knapsack, ``ttcompile.planning.knapsack``) and takes that plan when
-  it damages less; the plan's budget report records both damages (``exact``).
+  valid under the MAC rule) plus "dense", with damage ``phi(w_l d_l(r))`` (dense: 0; ``damage``: ``log``
+  ``phi(x) = -log(1 - min(x, 0.99))`` by default, or ``linear`` x) and cost ``c_l(r) = sum_m size_m(l, r) /
+  base_m`` over the budgeted metrics m (params and/or MACs, as fractions of the compressible totals). One
+  multiplier picks ``r_l(lambda) = argmin_r [phi(w_l d_l(r)) + lambda c_l(r)]`` on each lower convex hull
+  (``ttcompile.planning.hull``); the solver bisects t. Weights ``w_l``: ``output`` (default: the layer's
+  transfer ``t_l = Curve.transfer``, how much of its read-out drop reaches the output probe), ``flat`` (1)
+  or ``gain`` (the LWIQ score ``s^_l``). Candidates: t = 0 and the midpoints between the hulls'
+  breakpoints, so each is one distinct, reproducible rank set. The multiplier reaches only hull vertices;
+  at tight budgets the best combination often uses points between them (LeNet-5 TR at 1/20 and 1/50), so
+  the solve then minimises the same summed damage exactly over all measured candidates within the budget
+  (``LwiqExact``, a multiple-choice knapsack, ``ttcompile.planning.knapsack``) and takes that plan when it
+  damages less; the plan's budget report records both damages (``exact``).
 * ``uniform`` (knob rho): every layer gets the largest uniform rank whose realized params are at most
   ``rho`` times its dense params (rank 1 at least; ``plan.ranks_for_ratio``), one rho for all layers.
 * ``energy`` (knob tau): per layer, the singular values ``sigma`` of the canonical weight unfolded as
@@ -91,7 +92,8 @@ class Context:
     analysis: Analysis | None = None
     batch: int = 256
     progress: bool = False
-    lwiq_weights: str = "flat"
+    lwiq_weights: str = "output"
+    lwiq_damage: str = "log"
     latency: LatencyBudget | None = None  # measured per-layer latencies, for a latency budget
 
 
@@ -116,8 +118,8 @@ def _midpoints(steps: set[float]) -> list[float]:
     return [0.0] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])] + ([2 * distinct[-1]] if distinct else [])
 
 
-LWIQ_WEIGHTS = ("flat", "gain")
-LWIQ_MAPPING = ("r_l(lambda) = argmin_r [w_l d_l(r) + lambda c_l(r)] on the lower convex hull of layer l's "
+LWIQ_WEIGHTS, LWIQ_DAMAGES, LOG_CAP = ("output", "flat", "gain"), ("log", "linear"), 0.99
+LWIQ_MAPPING = ("r_l(lambda) = argmin_r [phi(w_l d_l(r)) + lambda c_l(r)] on the lower convex hull of layer l's "
                 "measured candidates and dense (d = 0); c_l(r) = sum over budgeted metrics of size / base; "
                 "knob t = 1 / lambda")
 
@@ -143,10 +145,15 @@ class LwiqAllocator(Allocator):
             raise OptionError(f"unknown {opt('lwiq_weights')} {ctx.lwiq_weights!r}: choose one of "
                               f"{', '.join(LWIQ_WEIGHTS)}")
         scores = analysis.scores
-        weight = {lay.name: scores[lay.name] if ctx.lwiq_weights == "gain" else 1.0 for lay in planner.active}
+        weight = {lay.name: {"output": curves[lay.name].transfer, "gain": scores[lay.name]}.get(ctx.lwiq_weights, 1.0)
+                  for lay in planner.active}
         base = planner.base()
 
-        points = {lay.name: _points(planner, lay, curves[lay.name], weight[lay.name]) for lay in planner.active}
+        if ctx.lwiq_damage not in LWIQ_DAMAGES:
+            raise OptionError(f"unknown {opt('lwiq_damage')} {ctx.lwiq_damage!r}: choose one of "
+                              f"{', '.join(LWIQ_DAMAGES)}")
+        points = {lay.name: _points(planner, lay, curves[lay.name], weight[lay.name], ctx.lwiq_damage)
+                  for lay in planner.active}
 
         def for_budget(budget: Budget) -> Family:
             metrics = [m for m in ("params", "macs") if getattr(budget, m) is not None and base[m]]
@@ -164,18 +171,28 @@ class LwiqAllocator(Allocator):
         info = {"analysis": {"model_sha256": analysis.model_sha256, "time_s": analysis.time_s,
                              "calibration": analysis.calibration, "targets": analysis.targets,
                              "formula": analysis.formula, "drop_formula": analysis.drop_formula,
+                             "transfer_formula": analysis.transfer_formula,
                              "epsilon": analysis.epsilon},
-                "mapping": LWIQ_MAPPING, "weights": ctx.lwiq_weights}
+                "mapping": LWIQ_MAPPING, "weights": ctx.lwiq_weights, "damage": ctx.lwiq_damage,
+                "weight": {n: round(w, 4) for n, w in weight.items()}}
         return fam, {n: scores[n] for n in planner.caps if n in scores}, info
 
 
-def _points(planner: Planner, lay: Layer, curve, weight: float) -> list[tuple[tuple | None, dict, float]]:
-    """A layer's valid measured candidates and its dense form: (key: ranks tuple or None, size, w_l d_l)."""
+def damage(weighted_drop: float, kind: str) -> float:
+    """``phi(x)`` of a weighted drop ``x = w_l d_l``: ``linear`` x; ``log`` ``-log(1 - min(x, 0.99))``: each layer
+    keeps the fraction ``1 - x`` of the output accuracy, the sum over layers is ``-log`` of their product,
+    so one destroyed layer costs what destroys the network."""
+    return weighted_drop if kind == "linear" else -float(np.log1p(-min(weighted_drop, LOG_CAP)))
+
+
+def _points(planner: Planner, lay: Layer, curve, weight: float, kind: str) -> list[tuple[tuple | None, dict, float]]:
+    """A layer's valid measured candidates and its dense form: (key: ranks tuple or None, size, phi(w_l d_l))."""
     points: list[tuple[tuple | None, dict, float]] = [(None, {"params": lay.params, "macs": lay.macs or 0}, 0.0)]
     for p in curve.points:
         lp = planner.layer(lay, p.ranks, measure=False)
         if lp.action == "compress":
-            points.append((tuple(p.ranks), {"params": lp.params, "macs": lp.macs or 0}, weight * p.drop))
+            points.append((tuple(p.ranks), {"params": lp.params, "macs": lp.macs or 0},
+                           damage(weight * p.drop, kind)))
     return points
 
 

@@ -45,7 +45,8 @@ class PlanOptions:
     input_shapes: dict[str, tuple[int, ...]] | None = None
     force: bool = False
     allow_more_macs: bool = False
-    lwiq_weights: str = "flat"
+    lwiq_weights: str = "output"
+    lwiq_damage: str = "log"
     calib_batch: int = 256
     pseudo_classes: int = 10
     latency: LatencyOptions | None = None
@@ -145,7 +146,7 @@ def _budgeted(source: Source, layers: list[Layer], o: PlanOptions, progress: boo
         raise OptionError(f"{opt('format')} auto with {opt('budget')} needs {opt('allocator')} datafree")
     fmt, name = _format(o.format), o.allocator or "lwiq"
     ctx = Context(source.id.name, source.id.sha256, layers, fmt, o.modes, o.allow_more_macs, model=source.model,
-                  batch=o.calib_batch, progress=progress, lwiq_weights=o.lwiq_weights)
+                  batch=o.calib_batch, progress=progress, lwiq_weights=o.lwiq_weights, lwiq_damage=o.lwiq_damage)
     calib = None if o.calib is None else data_spec(o.calib, "calibration data")
     if name == "lwiq":
         if o.analysis is not None:
