@@ -27,8 +27,8 @@ Procedure (design notes, methods.md section 1):
    inputs of every layer's probe subgraph are captured; each layer is then rewritten at every candidate
    of its one-knob rank family and classified by the prototypes of step 3, giving ``d_l(r)``; a few
    reference candidates are also read out at the output probe, giving the layer's transfer ``t_l``. The
-   rank allocator (``ttcompile.planning.allocators``, ``lwiq``) spends a budget on ``t_l d_l(r)`` with one
-   multiplier.
+   rank allocator (``ttcompile.planning.allocators``, ``lwiq``) spends a budget on the damages ``phi(t_l d_l(r))``
+   with one multiplier.
 
 Items and classes come from ``ttcompile.analysis.targets``: the data's labels, the model's top-1, per-position
 classes of a sequence output, or k-means pseudo-classes of any other output.

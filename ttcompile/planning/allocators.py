@@ -120,7 +120,8 @@ def _midpoints(steps: set[float]) -> list[float]:
 
 LWIQ_WEIGHTS, LWIQ_DAMAGES, LOG_CAP = ("output", "flat", "gain"), ("log", "linear"), 0.99
 LWIQ_MAPPING = ("r_l(lambda) = argmin_r [phi(w_l d_l(r)) + lambda c_l(r)] on the lower convex hull of layer l's "
-                "measured candidates and dense (d = 0); c_l(r) = sum over budgeted metrics of size / base; "
+                "measured candidates and dense (d = 0); phi: the damage (log: -log(1 - min(x, 0.99)), or linear: x); "
+                "c_l(r) = sum over budgeted metrics of size / base; "
                 "knob t = 1 / lambda")
 
 
