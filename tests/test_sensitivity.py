@@ -40,17 +40,6 @@ def toy(tmp_path_factory):
     return model, calib, analyze(model, str(calib), formats=("tt", "tr"), progress=False)
 
 
-def test_candidates_stop_near_dense_or_once_the_curve_has_flattened():
-    stop, pat = sensitivity.STOP_DROP, sensitivity.PATIENCE
-    assert sensitivity.curve_done([0.5, 0.2, stop])  # as close to dense as it gets
-    falling = [0.5 / 2 ** k for k in range(6)]  # every candidate halves the drop: keep going
-    assert not any(sensitivity.curve_done(falling[:k]) for k in range(1, len(falling) + 1))
-    plateau = [0.5, 0.1] + [0.1 - 0.5 * stop] * pat  # PATIENCE candidates that lower it by < STOP_DROP
-    assert not sensitivity.curve_done(plateau[:-1])
-    assert sensitivity.curve_done(plateau)
-    assert not sensitivity.curve_done([*plateau[:-1], 0.1 - 2 * stop])  # the last one still pays
-
-
 def test_curves_fall_with_rank(toy):
     _, _, a = toy
     for fmt in ("tt", "tr"):

@@ -66,7 +66,7 @@ from ttcompile.planning.plan import check_types
 from ttcompile.planning.planner import Planner
 from ttcompile.sources import DataLike, ModelId, ModelLike, Source, data_spec, model_id, resolve_model
 
-ANALYSIS_VERSION = 4
+ANALYSIS_VERSION = 3
 EPSILON = 1e-3
 INPUT = "<model input>"
 SCORE_FORMULA = ("gain_l = acc_l - acc_prev(l); s_l = max(gain_l, eps); score_l = s_l / max_j s_j; "

@@ -29,16 +29,14 @@ every probe (``ttcompile.analysis.lwiq``):
 
    ``acc_l`` is measured on the unmodified ``S_l`` over the same items, so the dense layer sits at d = 0.
    ``e_l`` is the continuous companion that orders candidates where the accuracy is flat. Candidates run in
-   increasing parameters and stop (``curve_done``) at the first with ``d_l <= STOP_DROP`` (the rest could
-   gain less than that over it while costing more), or once ``PATIENCE`` candidates in a row have not
-   lowered the smallest drop so far by more than ``STOP_DROP``: the curve has flattened, and what is left
-   of it (the largest candidates, whose drops scatter around that plateau) would only cost runs.
+   increasing parameters and stop at the first with ``d_l <= STOP_DROP`` (the rest could gain less than
+   that over it while costing more).
 5. Transfer to the output (``output_span``, ``Curve.transfer``, ``TRANSFER_FORMULA``). A read-out probe sees
    what a layer's error does one layer later, which misprices layers against each other: the skip
    connection of a residual block hides most of a branch layer's damage there, and a probe whose proxy
    accuracy is saturated (the last stage of an MNIST ResNet) prices candidates by the ``BETA e_l``
    tie-breaker alone. So the reference candidates (the measured ones with params nearest
-   ``TRANSFER_FRACTIONS`` of the layer's: one, at 5 %) also run from the layer to its output probe, the last probe that
+   ``TRANSFER_FRACTIONS`` of the layer's) also run from the layer to its output probe, the last probe that
    depends on it (the model's last layer for a chain or a ResNet), and get the same drop there,
    ``D_l(r)``, against that probe's prototypes. ``t_l = (sum D_l + STOP_DROP) / (sum d_l + STOP_DROP)``
    (the constant keeps layers whose drops are both about 0 near 1) is the default weight ``w_l`` of the
@@ -49,11 +47,7 @@ every probe (``ttcompile.analysis.lwiq``):
 
 Cost: one capture pass plus, per layer, one run of its span per candidate (one or two layers, not the model)
 and at most ``len(TRANSFER_FRACTIONS)`` runs from the layer to the output (the dense output is the model's
-own, computed once per output probe). The runs to the output grow with depth (each goes through the rest
-of the network), so one reference candidate is kept, not two (0.05 and 0.2 of the params before): the
-lower one carried most of ``t_l`` (ResNet-20 TR: dropping the 0.2 one changed 2 layers' ranks in 1 of 4
-budgets, dropping the 0.05 one 7-9 in each). ``PATIENCE`` and the single reference took ResNet-20 TR's
-analysis from 14.6 to 9.8 s (see the README).
+own, computed once per output probe).
 Running plain-weight candidates without building their chains and pooling the read-out in the graph took
 ResNet-20's TR analysis (``analysis.lwiq.analyze``, 2 runs each) from 42 to 27 s of CPU time, same curves.
 The candidate runs and their embeddings were 85 % of ResNet-20's TT analysis with 500 curve items (237 of
@@ -93,8 +87,7 @@ BETA = 0.1
 PLAIN_OPS = ("Conv", "Gemm", "MatMul")  # nodes whose candidates may run with the weight they compute with
 CURVE_SAMPLES = 256  # one ORT batch per candidate; see the module docstring, 'Cost'
 STOP_DROP = 0.005  # a layer's candidates stop at the first one this close to dense
-PATIENCE = 3  # ... or after this many in a row that lower its smallest drop by no more than STOP_DROP
-TRANSFER_FRACTIONS = (0.05,)  # reference candidates' params / the layer's, for the transfer t_l
+TRANSFER_FRACTIONS = (0.05, 0.2)  # reference candidates' params / the layer's, for the transfer t_l
 CANDIDATE_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192,
                   224, 256, 320, 384, 448, 512)
 FRACTION_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8)
@@ -172,15 +165,6 @@ def candidate_ranks(planner: Planner, layer: Layer) -> list[list[int]]:
         if params < layer.params:
             seen.setdefault(tuple(ranks), params)
     return [list(k) for k, _ in sorted(seen.items(), key=lambda kv: (kv[1], kv[0]))]
-
-
-def curve_done(drops: list[float]) -> bool:
-    """Whether a layer's candidates stop after the measured ``drops`` (in increasing params): the last is
-    within ``STOP_DROP`` of dense, or the last ``PATIENCE`` lowered the smallest earlier drop by no more
-    than ``STOP_DROP``."""
-    if drops[-1] <= STOP_DROP:
-        return True
-    return len(drops) > PATIENCE and min(drops[-PATIENCE:]) >= min(drops[:-PATIENCE]) - STOP_DROP
 
 
 def plain_weight(sub: onnx.ModelProto, layer: Layer) -> bool:
@@ -307,7 +291,7 @@ def measure_curves(model: ir.Model, layers: list[Layer], spans: dict[str, Span],
                 points.append(Point(list(ranks), *_measure(bench, planner.layer(lay, ranks), canonical, targets,
                                                            labels, batch)))
                 bar.update(1)
-                if curve_done([p.drop for p in points]):
+                if points[-1].drop <= STOP_DROP:  # larger candidates can only gain < STOP_DROP and cost more
                     bar.update(len(work[lay.name]) - i - 1)
                     break
             output = ""
