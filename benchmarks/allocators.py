@@ -140,7 +140,8 @@ def markdown(result: dict) -> str:
                   "| format | budget | allocator | params kept | before FT | after FT | search (s) | cut | ranks |",
                   "|---|---|---|---|---|---|---|---|---|"]
         rows = sorted((r for r in result["rows"] if r["model"] == name),
-                      key=lambda r: (r["format"], -r["fraction"], ORDER.index(r["allocator"])))
+                      key=lambda r: (r["format"], -r["fraction"], ORDER.index(r["allocator"])
+                                     if r["allocator"] in ORDER else len(ORDER), r["allocator"]))
         for r in rows:
             lead = f"| {r['format']} | 1/{round(1 / r['fraction'])} | {r['allocator']} "
             if "infeasible" in r:
