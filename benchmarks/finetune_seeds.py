@@ -3,10 +3,10 @@
     python benchmarks/finetune_seeds.py benchmarks/results/allocators_resnet20_tr_ft.json \
         --model resnet20 --format tr --fraction 10 --allocators lwiq,greedy --seeds 0,1
 
-The row's per-layer ranks are rewritten into the model exactly as ``allocators.py`` did (SVD-type decomposition
-of the trained weights), then fine-tuned for one epoch of the same distillation on the first 20,000 MNIST
-training images with each seed (shuffling and torch RNG), and scored on the MNIST test set. Seed 0 reproduces
-the committed row. Prints one line per (allocator, seed).
+The row's per-layer ranks are rewritten into the model exactly as ``allocators.py`` did (``apply_plan``;
+SVD-type decomposition of the trained weights), then fine-tuned for one epoch of the same distillation on the
+first 20,000 MNIST training images with each seed (shuffling and torch RNG), and scored on the MNIST test set.
+Seed 0 reproduces the committed row. Prints one line per (allocator, seed).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from ttcompile.graph import load_model, to_proto
 from ttcompile.layers import find_layers
 from ttcompile.models.data import Dataset, load_dataset
 from ttcompile.passes.base import get_format
+from ttcompile.planning.plan import Plan
 from ttcompile.planning.planner import Planner
-from ttcompile.rewrite.compress import rewrite_layer
+from ttcompile.rewrite.compress import apply_plan
 from ttcompile.train.finetune import finetune
 
 
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         if row is None:
             print(f"{alloc}: no row in {args.results}")
             continue
+        plan = Plan(args.model, "", {}, [planner.layer(layers[name], ranks) for name, ranks in row["layers"].items()
+                                         if isinstance(ranks, list)])
         m = ir.from_proto(teacher)
-        for name, ranks in row["layers"].items():
-            if isinstance(ranks, list):
-                rewrite_layer(m, planner.layer(layers[name], ranks))
+        apply_plan(m, plan)
         student = to_proto(m)
         before = evaluate(student, test)
         for seed in (int(s) for s in args.seeds.split(",")):

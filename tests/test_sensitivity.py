@@ -58,6 +58,16 @@ def test_curves_fall_with_rank(toy):
     assert a.curves["tt"]["fc1"].points[0].drop > a.curves["tt"]["fc3"].points[0].drop
 
 
+def test_curves_do_not_depend_on_how_many_threads_measure_them(toy):
+    model, calib, a = toy
+    one = analyze(model, str(calib), formats=("tr",), workers=1, progress=False)
+    three = analyze(model, str(calib), formats=("tr",), workers=3, progress=False)
+    assert len(one.curves["tr"]) >= 3
+    for name, curve in one.curves["tr"].items():
+        assert three.curves["tr"][name].to_json() == curve.to_json() == a.curves["tr"][name].to_json(), name
+    assert list(three.curves["tr"]) == list(one.curves["tr"])  # in graph order
+
+
 def _cut_bonds(plan, fmt) -> int:
     """Bonds at rank 1 whose cap is > 2 in layers whose knob is above its minimum (uniform rank 1)."""
     f = get_format(fmt)

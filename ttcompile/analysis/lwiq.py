@@ -54,7 +54,7 @@ from ttcompile.analysis.features import (
     probe_model,
 )
 from ttcompile.analysis.sensitivity import CURVE_SAMPLES, DROP_FORMULA, TRANSFER_FORMULA, Curve, measure_curves
-from ttcompile.analysis.spans import Capture, layer_span, output_span
+from ttcompile.analysis.spans import Capture, layer_spans
 from ttcompile.analysis.targets import Targets, make_targets
 from ttcompile.atomic import write_bytes_atomic
 from ttcompile.errors import OptionError, UserError, opt
@@ -241,13 +241,15 @@ def analyze(
     pseudo_classes: int = 10,
     curve_samples: int = CURVE_SAMPLES,
     readout: str = "next",
+    workers: int | None = None,
     progress: bool = False,
 ) -> Analysis:
     """Run the LWIQ analysis of ``model_path`` on calibration data ``calib_spec`` (see the module docstring).
 
     ``formats``: the formats to measure sensitivity curves in (none: scores only); ``modes`` overrides
     factorisations per layer as ``compress --modes`` does; ``readout``: where a layer's candidates are
-    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.analysis.spans.layer_span``).
+    classified, ``next`` (the next layer's probe) or ``own`` (``ttcompile.analysis.spans.layer_spans``);
+    ``workers``: threads measuring the curves (``sensitivity.measure_curves``; None: one per CPU core).
     """
     start = time.perf_counter()
     source = model_path if isinstance(model_path, Source) else resolve_model(model_path)
@@ -271,10 +273,10 @@ def analyze(
     logits = proto.graph.output[0].name
     values = list(dict.fromkeys(p.value for p in probes))
     x_name = model_input(proto).name
-    spans = {p.layer: layer_span(model, probes, p, readout) for p in probes
-             if any(p.layer in pl.caps for pl in planners.values())}
-    tails = {p.layer: tail for p in probes if p.layer in spans
-             for tail in [output_span(model, probes, p, spans[p.layer])] if tail is not None}
+    both = {p.layer: layer_spans(model, probes, p, readout) for p in probes
+            if any(p.layer in pl.caps for pl in planners.values())}
+    spans = {name: span for name, (span, _) in both.items()}
+    tails = {name: tail for name, (_, tail) in both.items() if tail is not None}
     needed = sorted({n for span in [*spans.values(), *tails.values()] for n in span.inputs})
     channels_first = {p.value: p.channels_first for p in probes} | {INPUT: calib.x.ndim > 2}
     outputs = list(dict.fromkeys([logits, *values, *(n for n in needed if n != x_name)]))
@@ -305,7 +307,8 @@ def analyze(
         accuracy = {v: h / items for v, h in hits.items()}
         curve_labels = targets.items(held_idx[:capture.samples])
         curves = {name: measure_curves(model, layers, spans, capture, planner, targets, proxies, curve_labels,
-                                       tails=tails, batch=runner.batch, progress=progress)
+                                       tails=tails, batch=runner.batch, workers=workers,
+                                       progress=progress)
                   for name, planner in planners.items()}
     finally:
         capture.close()

@@ -1,7 +1,7 @@
 """The subgraphs a layer's rank candidates run on (``ttcompile.analysis.sensitivity``).
 
-* ``layer_span``: from the layer to its read-out probe (its own, or the next layer's); ``output_span``: from
-  the layer to its output probe (the last probe that depends on it).
+* ``layer_spans``: from the layer to its read-out probe (its own, or the next layer's), and from the layer
+  to its output probe (the last probe that depends on it).
 * ``Capture``: the held-out values every span reads from outside, captured once into memory-mapped files.
 * ``subgraph`` cuts a span out as a model on those values; ``embedded`` appends the read-out's pooling
   (``features.embed``) so a candidate hands back ``(N, D)``; ``run_span`` runs it batch by batch.
@@ -51,23 +51,20 @@ def _downstream(model: ir.Model, start: ir.Node) -> set[str]:
     return seen
 
 
-def layer_span(model: ir.Model, probes: list[Probe], probe: Probe, readout: str = "next") -> Span:
-    """The span of ``probe``'s layer read out at its own probe (``own``) or at the next one (``next``: the
-    first probe whose previous probe is this one, e.g. the next layer after its BN/Relu; own for the last)."""
+def layer_spans(model: ir.Model, probes: list[Probe], probe: Probe, readout: str = "next") -> tuple[Span, Span | None]:
+    """The spans of ``probe``'s layer: to its read-out probe, its own (``own``) or the next one (``next``: the
+    first probe whose previous probe is this one, e.g. the next layer after its BN/Relu; own for the last);
+    and to its output probe, the last probe (graph order) that depends on the layer (for a chain or a residual
+    network the model's last layer), None where that is the read-out."""
     if readout not in READOUTS:
         raise ValueError(f"unknown read-out {readout!r}")
+    depends = _downstream(model, find_node(model, probe.layer))
     target = probe
     if readout == "next":
         target = next((q for q in probes if q.previous == probe.value and q.layer != probe.layer), probe)
-    return _span_to(model, probe, target, _downstream(model, find_node(model, probe.layer)))
-
-
-def output_span(model: ir.Model, probes: list[Probe], probe: Probe, span: Span) -> Span | None:
-    """The span of ``probe``'s layer to its output probe: the last probe (graph order) that depends on the
-    layer, for a chain or a residual network the model's last layer. None if that is ``span``'s read-out."""
-    depends = _downstream(model, find_node(model, probe.layer))
-    target = next((q for q in reversed(probes) if q.value in depends), probe)
-    return None if target.value == span.readout.value else _span_to(model, probe, target, depends)
+    output = next((q for q in reversed(probes) if q.value in depends), probe)
+    span = _span_to(model, probe, target, depends)
+    return span, None if output.value == target.value else _span_to(model, probe, output, depends)
 
 
 def _span_to(model: ir.Model, probe: Probe, target: Probe, depends: set[str]) -> Span:
@@ -154,11 +151,11 @@ def subgraph(proto: onnx.ModelProto, span: Span, inputs: dict[str, np.ndarray],
 
 
 def run_span(sub: onnx.ModelProto, inputs: dict[str, np.ndarray], fixed: dict[str, np.ndarray], output: str,
-         batch: int) -> Iterator[np.ndarray]:
-    """Outputs of ``sub`` on ``inputs`` (and the ``fixed`` values), batch by batch. A static batch dim is fed
-    exactly; with fixed values (which may encode the batch size) every run gets ``batch`` samples. The last
-    batch is padded then."""
-    sess = make_session(sub)
+             batch: int, threads: int | None = None) -> Iterator[np.ndarray]:
+    """Outputs of ``sub`` on ``inputs`` (and the ``fixed`` values), batch by batch, in a session of ``threads``
+    intra-op threads (None: onnxruntime's default). A static batch dim is fed exactly; with fixed values (which
+    may encode the batch size) every run gets ``batch`` samples. The last batch is padded then."""
+    sess = make_session(sub, threads=threads)
     dims = sess.get_inputs()[0].shape
     static = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
     yield from run_batched(lambda feeds: sess.run([output], {**feeds, **fixed})[0], inputs, static or batch,
