@@ -17,6 +17,7 @@ from ttcompile.passes.base import get_format
 from ttcompile.planning.allocators import Context, allocate, search
 from ttcompile.planning.budget import Budget
 from ttcompile.planning.hull import lower_hull
+from ttcompile.planning.planner import Planner
 from ttcompile.sources import file_sha256
 
 
@@ -245,7 +246,6 @@ def _plain_layers_model(path) -> str:
 def test_a_candidate_run_with_its_weight_computes_what_its_chain_computes(tmp_path, fmt):
     """The fast path (the node fed the weight the cores compute with) equals the rewritten chain, for Conv,
     a transposed scaled Gemm and MatMul, at every candidate rank."""
-    from ttcompile.planning.planner import Planner
     from ttcompile.runtime import make_session
 
     model = load_model(_plain_layers_model(tmp_path / "plain.onnx"))
@@ -266,6 +266,19 @@ def test_a_candidate_run_with_its_weight_computes_what_its_chain_computes(tmp_pa
             np.testing.assert_allclose(fast, chain, rtol=1e-4, atol=1e-4 * np.abs(chain).max())
             tried += 1
     assert tried >= 6
+
+
+@pytest.mark.parametrize("fmt", ["tt", "tr", "tucker"])
+def test_candidates_keep_at_most_two_thirds_of_a_layer_and_rise_in_params(tmp_path, fmt):
+    model = load_model(_plain_layers_model(tmp_path / "plain.onnx"))
+    layers = [lay for lay in find_layers(model) if lay.compressible]
+    planner = Planner(layers, get_format(fmt))
+    counted = 0
+    for lay in (lay for lay in layers if lay.name in planner.caps):
+        params = [planner.layer(lay, r).params for r in sensitivity.candidate_ranks(planner, lay)]
+        assert params == sorted(params) and all(p <= sensitivity.MAX_SHARE * lay.params for p in params), lay.name
+        counted += len(params)
+    assert counted >= 3
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 28, 28), (3, 64, 7, 9), (3, 8, 50)])

@@ -13,8 +13,9 @@ every probe (``ttcompile.analysis.lwiq``):
    analysis' held-out pass, into memory-mapped files (``Capture``): memory stays one batch.
 3. Candidates (``candidate_ranks``): two one-knob families of the layer, uniform rank ``r`` on every bond
    clipped to its cap (``Format.uniform_ranks``) and every bond at a fraction of its cap but at least 2
-   (``proportional_ranks``); so a bond is cut to 1 only at uniform ``r = 1``. Kept where the rewrite saves
-   parameters (MACs are the budget solver's concern).
+   (``proportional_ranks``); so a bond is cut to 1 only at uniform ``r = 1``. Kept where the rewrite keeps at
+   most ``MAX_SHARE`` (2/3) of the layer's parameters (MACs are the budget solver's concern): the layer's
+   dense form stays the next option above them.
 4. Each candidate is the layer as ``compress`` would emit it (the cores ``Format.decompose`` gives at its
    ranks) inside ``S_l``: for a node reading a plain float32 weight, the node itself with the weight those
    cores compute with (``Format.reconstruct``: the same function without building a chain per candidate;
@@ -51,6 +52,13 @@ own, computed once per output probe). Layers are measured in parallel, one worke
 single-threaded sessions (``measure_curves``' ``workers``): on 2 cores that took ResNet-20's TR analysis from
 14.1 to 9.8 s wall (CPU 24 to 19 s with the process' start, identical curves; ``ttcompile analyze``), as the
 span runs are small (two 3x3 convs on 256 items) and split poorly over intra-op threads.
+Two cuts that change no plan: candidate runs in batches of ``SPAN_BATCH = 64`` items, not the analysis'
+256 (the maps of a 16-channel 28x28 span stay in cache: 21.3 against 24.5 ms per ResNet-20 span, one
+thread; accuracies identical, errors equal to the last digit), and no candidate above 2/3 of its layer's
+params (``MAX_SHARE``; 17 % of ResNet-20 TR's, 13 % of ResNet-56 TR's candidates). Solved offline from the
+full curves, a cap of 2/3 leaves every plan of the allocator benchmark unchanged (LeNet-5, ResNet-20,
+ResNet-56; TT, TR; params 1/5 to 1/50), a cap of 0.6 changes 4 and 18 of ResNet-56 TT's 56 layers at 1/5
+and 1/10, a cap of 1/2 up to 21. A budget above 2/3 of a layer's params leaves it dense.
 Running plain-weight candidates without building their chains and pooling the read-out in the graph took
 ResNet-20's TR analysis (``analysis.lwiq.analyze``, 2 runs each) from 42 to 27 s of CPU time, same curves.
 The candidate runs and their embeddings were 85 % of ResNet-20's TT analysis with 500 curve items (237 of
@@ -91,7 +99,9 @@ from ttcompile.rewrite.compress import rewrite_layer
 
 BETA = 0.1
 PLAIN_OPS = ("Conv", "Gemm", "MatMul")  # nodes whose candidates may run with the weight they compute with
-CURVE_SAMPLES = 256  # one ORT batch per candidate; see the module docstring, 'Cost'
+CURVE_SAMPLES = 256  # items a candidate runs on; see the module docstring, 'Cost'
+SPAN_BATCH = 64  # items per candidate run, where no fixed value encodes the analysis' batch
+MAX_SHARE = 2 / 3  # a candidate keeps at most this share of its layer's params; module docstring, 'Cost'
 STOP_DROP = 0.005  # a layer's candidates stop at the first one this close to dense
 TRANSFER_FRACTIONS = (0.05, 0.2)  # reference candidates' params / the layer's, for the transfer t_l
 CANDIDATE_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192,
@@ -152,7 +162,8 @@ def proportional_ranks(caps: list[int], x: float) -> list[int]:
 
 
 def candidate_ranks(planner: Planner, layer: Layer) -> list[list[int]]:
-    """The layer's candidates from two one-knob families, in increasing params, each saving params:
+    """The layer's candidates from two one-knob families, in increasing params, each keeping at most ``MAX_SHARE``
+    of the layer's params:
 
     * uniform: rank ``r`` on every bond clipped to its cap (``Format.uniform_ranks``), r on ``CANDIDATE_GRID``
       up to the largest cap;
@@ -168,7 +179,7 @@ def candidate_ranks(planner: Planner, layer: Layer) -> list[list[int]]:
     for ranks in raw:
         ranks = fmt.snap_ranks(layer, modes, ranks)
         params = planner.layer(layer, ranks).params
-        if params < layer.params:
+        if params <= MAX_SHARE * layer.params:
             seen.setdefault(tuple(ranks), params)
     return [list(k) for k, _ in sorted(seen.items(), key=lambda kv: (kv[1], kv[0]))]
 
@@ -258,7 +269,8 @@ class _Runner:
 
     def _scored(self, sub: onnx.ModelProto, inputs: dict, fixed: dict, output: str, readout: Probe, proxy,
                 reference: np.ndarray | None) -> tuple[float, float, list[np.ndarray]]:
-        return _score(run_span(sub, inputs, fixed, output, self.batch, self.threads), readout, self.targets, proxy,
+        batch = self.batch if fixed else min(self.batch, SPAN_BATCH)  # fixed values may encode the batch size
+        return _score(run_span(sub, inputs, fixed, output, batch, self.threads), readout, self.targets, proxy,
                       self.labels, reference)
 
     def bench(self, span: Span) -> _Bench:
