@@ -62,7 +62,7 @@ and 1/10, a cap of 1/2 up to 21. A budget above 2/3 of a layer's params leaves i
 Running plain-weight candidates without building their chains and pooling the read-out in the graph took
 ResNet-20's TR analysis (``analysis.lwiq.analyze``, 2 runs each) from 42 to 27 s of CPU time, same curves.
 The candidate runs and their embeddings were 85 % of ResNet-20's TT analysis with 500 curve items (237 of
-280 s); ``CURVE_SAMPLES = 256`` items (one batch) halve that; ``analyze --curve-samples`` sets it.
+280 s); ``CURVE_SAMPLES = 256`` items halve that; ``analyze --curve-samples`` sets it.
 On LeNet-5 (TR, 1,000 calibration images, before fine-tuning) the next-probe read-out gave 92.3 % at 1/20 of
 the parameters where the own-probe one gave 82.8 % (``ttcompile analyze --readout``, then compress and bench).
 """
