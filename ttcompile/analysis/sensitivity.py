@@ -253,9 +253,9 @@ class _Bench:
 @dataclass
 class _Runner:
     """What every candidate run shares: the model, the captured inputs, the proxies and the items' labels,
-    the batch, the sessions' intra-op ``threads``, and the dense read-outs by read-out value (filled under
-    ``lock``: layers are measured in parallel, and the dense span computes the model's own value there,
-    whichever layer it starts at)."""
+    the batch, the sessions' intra-op ``threads``, and the dense read-outs by read-out value (each computed
+    once, under its own lock in ``locks``: layers are measured in parallel, and the dense span computes the
+    model's own value there, whichever layer it starts at; a worker waits only for the read-out it needs)."""
 
     proto: onnx.ModelProto
     capture: Capture
@@ -265,7 +265,8 @@ class _Runner:
     batch: int
     threads: int
     dense: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)  # over ``locks``
 
     def _scored(self, sub: onnx.ModelProto, inputs: dict, fixed: dict, output: str, readout: Probe, proxy,
                 reference: np.ndarray | None) -> tuple[float, float, list[np.ndarray]]:
@@ -280,7 +281,9 @@ class _Runner:
         pooled = embedded(sub, span.readout, self.targets)
         sub, output = (sub, span.readout.value) if pooled is None else (pooled, EMBEDDING)
         proxy = self.proxies[span.readout.value]
-        with self.lock:
+        with self.guard:
+            lock = self.locks.setdefault(span.readout.value, threading.Lock())
+        with lock:
             if span.readout.value not in self.dense:
                 acc, _, kept = self._scored(sub, inputs, fixed, output, span.readout, proxy, None)
                 self.dense[span.readout.value] = acc, np.concatenate(kept)
