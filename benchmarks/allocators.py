@@ -51,9 +51,9 @@ MODELS = {"lenet5": "lenet5_mnist.onnx", "resnet20": "resnet20_mnist.onnx", "res
 FRACTIONS = (1 / 5, 1 / 10, 1 / 20, 1 / 50)
 # lwiq-top1: calibration labels removed (the model's top-1 is classified); lwiq-linear: damage w_l d_l instead
 # of -log(1 - w_l d_l); lwiq-flat / lwiq-gain: linear damage with weights w_l = 1 / the LWIQ score instead of
-# the transfer to the output probe
-ORDER = ("lwiq", "lwiq-log", "lwiq-linear", "lwiq-top1", "lwiq-flat", "lwiq-gain", "uniform", "energy", "greedy",
-         "datafree")
+# the transfer to the output probe; lwiq-own: curves read out at the layer's own probe (``analyze --readout own``)
+ORDER = ("lwiq", "lwiq-log", "lwiq-linear", "lwiq-own", "lwiq-top1", "lwiq-flat", "lwiq-gain", "uniform", "energy",
+         "greedy", "datafree")
 
 
 def cut_bonds(plan: Plan, found: Search, budget: Budget) -> int:
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                     spec = unlabeled(args.calib) if alloc == "lwiq-top1" else args.calib
                     ctx.lwiq_weights = alloc[5:] if alloc in ("lwiq-flat", "lwiq-gain") else "output"
                     ctx.lwiq_damage = "linear" if alloc in ("lwiq-linear", "lwiq-flat", "lwiq-gain") else "log"
-                    ctx.analysis = analyze(path, spec, formats=(fmt,), progress=False)
+                    ctx.analysis = analyze(path, spec, formats=(fmt,), readout="own" if alloc == "lwiq-own" else "next",
+                                           progress=False)
                     extra = ctx.analysis.time_s
                 searches[alloc] = (search(alloc.split("-")[0], ctx), extra)
                 m.setdefault("search_s", {}).setdefault(fmt, {})[alloc] = searches[alloc][0].time_s + extra

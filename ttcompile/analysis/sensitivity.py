@@ -63,8 +63,10 @@ Running plain-weight candidates without building their chains and pooling the re
 ResNet-20's TR analysis (``analysis.lwiq.analyze``, 2 runs each) from 42 to 27 s of CPU time, same curves.
 The candidate runs and their embeddings were 85 % of ResNet-20's TT analysis with 500 curve items (237 of
 280 s); ``CURVE_SAMPLES = 256`` items halve that; ``analyze --curve-samples`` sets it.
-On LeNet-5 (TR, 1,000 calibration images, before fine-tuning) the next-probe read-out gave 92.3 % at 1/20 of
-the parameters where the own-probe one gave 82.8 % (``ttcompile analyze --readout``, then compress and bench).
+Read-outs compared with the allocator's current mapping (``benchmarks/allocators.py``, ``lwiq`` against
+``lwiq-own``, one epoch of distillation; README): the own-probe read-out averages 60.99 % after the epoch over
+the 16 ResNet-20/56 rows (next: 64.53 %) and 96.93 % over LeNet-5's 8 (next: 97.67 %), better in 6 rows and
+worse in 10 by more than 0.3 pp.
 """
 
 from __future__ import annotations
