@@ -103,7 +103,8 @@ def run_row(found: Search, fraction: float, test: Dataset, train: Dataset | None
            "of_target": plan.settings["budget"]["of_target"]["params"],
            "macs_fraction": plan.settings["budget"]["fractions"].get("macs"),
            "cut_bonds": cut_bonds(plan, found, budget),
-           "layers": {lp.name: lp.ranks if lp.action == "compress" else lp.action for lp in plan.layers}}
+           "layers": {lp.name: lp.ranks if lp.action == "compress" else lp.action for lp in plan.layers},
+           "options": {lp.name: lp.options for lp in plan.layers if lp.action == "compress"}}
     if epochs and train is not None:
         from ttcompile.train.finetune import finetune
 
