@@ -5,12 +5,12 @@
 
 The row's per-layer ranks are rewritten into the model as ``allocators.py`` did (``apply_plan``; SVD-type
 decomposition of the trained weights), each layer in the realization the row records (``options``: plain or
-merged cores, which the budget solve may switch). Rows written before ``options`` was recorded are rebuilt in
-the planner's realized form, which can differ: the same ranks then compute the same function but train
-differently (ResNet-56 TT 1/20 of ``allocators_readout_own_b.json``: 55.83 % in the row, 63.40 % rebuilt). The
-model is then fine-tuned for one epoch of the same distillation on the
-first 20,000 MNIST training images with each seed (shuffling and torch RNG), and scored on the MNIST test set.
-Seed 0 reproduces the committed row. Prints one line per (allocator, seed).
+merged cores, which the budget solve may switch), then fine-tuned for one epoch of the same distillation on
+the first 20,000 MNIST training images with each seed (shuffling and torch RNG), and scored on the MNIST test
+set. Seed 0 reproduces a row that records its realizations. Rows written before ``options`` was recorded are
+rebuilt in the planner's realized form, which can differ: the same ranks then compute the same function but
+train differently (ResNet-56 TT 1/20 of ``allocators_readout_own_b.json``: 55.83 % in the row, 63.40 %
+rebuilt). Prints one line per (allocator, seed).
 """
 
 from __future__ import annotations
